@@ -1,0 +1,39 @@
+"""The ``LearnedOptimizer`` interface.
+
+A learned optimizer is a pair of functions: ``init(key) -> theta`` creates meta-parameters, and
+``optimizer(theta, num_steps=...)`` turns them into an ordinary ``optax.GradientTransformationExtraArgs`` whose
+``update(grads, state, params, *, loss)`` takes the current training loss as a keyword argument. There is no private
+optimizer base: once given theta, a learned optimizer is plain optax and composes with ``optax.chain``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import optax
+
+from lopt.types import MetaParams, PRNGKey
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedOptimizer:
+  """A learned (or hand-designed) optimizer.
+
+  Attributes:
+    name: the architecture's registered name.
+    init: ``init(key) -> theta``.
+    optimizer: ``optimizer(theta, *, num_steps) -> optax.GradientTransformationExtraArgs``. ``num_steps`` is the
+      length of the training run (an int, or a traced scalar when tasks have different horizons); the optimizer
+      reads training progress as ``state step / num_steps``.
+  """
+
+  name: str
+  init: Callable[[PRNGKey], MetaParams]
+  optimizer: Callable[..., optax.GradientTransformationExtraArgs]
+
+  def num_meta_parameters(self) -> int:
+    """Number of scalars in theta (computed abstractly, without running init)."""
+    shapes = jax.eval_shape(self.init, jax.random.key(0))
+    return int(sum(x.size for x in jax.tree.leaves(shapes)))
