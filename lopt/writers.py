@@ -1,0 +1,270 @@
+"""Metric writers: the one interface through which the training loop reports metrics.
+
+Modelled on ``clu.metric_writers`` (whose package import needs TensorFlow, which lopt does not depend on). The loop
+only sees ``MetricWriter``; concrete writers (console, JSONL, wandb) compose through ``MultiWriter``.
+``create_default_writers`` builds the usual set for a run directory.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+from absl import logging
+import numpy as np
+
+WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
+WANDB_RUN_ID_FILE = "wandb_run_id"
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter(abc.ABC):
+  """Abstract destination for scalar metrics and run hyperparameters."""
+
+  @abc.abstractmethod
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Writes scalar metrics (python, numpy or 0-d jax values) for one step."""
+
+  @abc.abstractmethod
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    """Records run hyperparameters, e.g. ``{"gin_config": operative_config_text}``."""
+
+  def flush(self) -> None:
+    """Makes everything written so far durable; a no-op by default."""
+
+  def close(self) -> None:
+    """Flushes and releases resources; a no-op by default."""
+
+
+def _to_python(name: str, value: Any) -> bool | int | float:
+  """Converts a scalar metric value to a python bool, int or float."""
+  array = np.asarray(value)
+  if array.ndim != 0:
+    raise ValueError(f"Metric '{name}' must be a scalar, got shape {array.shape}.")
+  if array.dtype.kind == "b":
+    return bool(array)
+  if array.dtype.kind in "iu":
+    return int(array)
+  if array.dtype.kind == "f":
+    return float(array)
+  raise ValueError(f"Metric '{name}' must be a real number, got dtype {array.dtype}.")
+
+
+def _format_value(value: bool | int | float) -> str:
+  if isinstance(value, float):
+    return f"{value:.5g}"
+  return str(value)
+
+
+class ConsoleWriter(MetricWriter):
+  """Logs one line per step through ``absl.logging.info``."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    items = " ".join(f"{k}={_format_value(_to_python(k, v))}" for k, v in scalars.items())
+    logging.info("step %d | %s", step, items)
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    for key, value in hparams.items():
+      logging.info("hparam %s:\n%s", key, value)
+
+
+class JsonlWriter(MetricWriter):
+  """Appends one JSON object ``{"step": N, **scalars}`` per ``write_scalars`` call.
+
+  The file is opened in append mode, so a resumed run continues the same file (a run resumed from an earlier
+  checkpoint repeats some steps; readers that want one row per step should keep the last). Each line is flushed
+  as it is written, so a killed run keeps its lines. Non-finite floats become ``null`` to keep every line valid
+  JSON. Hyperparameters are not written here: the operative config is saved next to the checkpoints.
+  """
+
+  def __init__(self, path: str):
+    self._path = path
+    parent = os.path.dirname(path)
+    if parent:
+      os.makedirs(parent, exist_ok=True)
+    torn = False
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+      with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        torn = f.read(1) != b"\n"
+    self._file = open(path, "a", encoding="utf-8")
+    if torn:  # A run killed mid-line; start ours on a fresh line so it stays parseable.
+      self._file.write("\n")
+
+  @property
+  def path(self) -> str:
+    return self._path
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    row: dict[str, Any] = {"step": int(step)}
+    for key, value in scalars.items():
+      value = _to_python(key, value)
+      row[key] = None if isinstance(value, float) and not math.isfinite(value) else value
+    self._file.write(json.dumps(row, allow_nan=False) + "\n")
+    self._file.flush()
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    del hparams
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    if not self._file.closed:
+      self._file.close()
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  """Reads a JSONL metrics file written by ``JsonlWriter``.
+
+  Lines that are not valid JSON (a write torn by a killed process) are skipped with a warning.
+
+  Returns:
+    One dict per line, in file order (``null`` values read back as ``None``).
+  """
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        logging.warning("Skipping invalid JSON at %s:%d.", path, line_number)
+  return rows
+
+
+class WandbWriter(MetricWriter):
+  """Writes to a Weights & Biases run (``wandb`` is imported only when this writer is built).
+
+  The run id is stored in ``directory/wandb_run_id``; a later writer on the same directory reuses it, so a resumed
+  run logs to the same wandb run. In ``offline`` mode nothing touches the network: the run is written under
+  ``directory/wandb`` and can be uploaded later with ``wandb sync``.
+  """
+
+  def __init__(self, *, mode: str = "offline", project: str = "lopt", directory: str, name: str | None = None,
+               config: dict[str, Any] | None = None, resume_id: str | None = None):
+    """Starts (or resumes) the run.
+
+    Args:
+      mode: one of ``WANDB_MODES``.
+      project: wandb project name.
+      directory: where wandb writes its files and where the run id is stored.
+      name: display name of the run.
+      config: initial run config.
+      resume_id: run id to resume; defaults to the id stored in ``directory``, if any.
+    """
+    if mode not in WANDB_MODES:
+      raise ValueError(f"Unknown wandb mode '{mode}'. Choices: {', '.join(WANDB_MODES)}.")
+    import wandb  # Lazy: wandb is slow to import and only needed when this writer is used.
+
+    os.makedirs(directory, exist_ok=True)
+    id_file = os.path.join(directory, WANDB_RUN_ID_FILE)
+    if resume_id is None and mode != "disabled" and os.path.exists(id_file):
+      with open(id_file, encoding="utf-8") as f:
+        resume_id = f.read().strip() or None
+    self._run = wandb.init(mode=mode, project=project, dir=directory, name=name, config=config, id=resume_id,
+                           resume="allow" if resume_id else None, settings=_wandb_settings(wandb))
+    if mode != "disabled":
+      with open(id_file, "w", encoding="utf-8") as f:
+        f.write(self._run.id)
+    self._closed = False
+
+  @property
+  def run(self) -> Any:
+    """The underlying ``wandb`` run."""
+    return self._run
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    self._run.log({k: _to_python(k, v) for k, v in scalars.items()}, step=int(step))
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    self._run.config.update(dict(hparams), allow_val_change=True)
+
+  def close(self) -> None:
+    if not self._closed:
+      self._closed = True
+      self._run.finish()
+
+
+def _wandb_settings(wandb: Any) -> Any:
+  """Settings that keep wandb quiet and light: no console capture, code upload, job artifacts or stats sampler."""
+  wanted = {
+      "console": "off",
+      "silent": True,
+      "save_code": False,
+      "disable_job_creation": True,
+      "x_disable_stats": True,  # A private setting; skipped below if a wandb version lacks it.
+  }
+  fields = getattr(wandb.Settings, "model_fields", wanted)
+  return wandb.Settings(**{k: v for k, v in wanted.items() if k in fields})
+
+
+class MultiWriter(MetricWriter):
+  """Forwards every call to each of several writers."""
+
+  def __init__(self, writers: Sequence[MetricWriter]):
+    self._writers = tuple(writers)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    for writer in self._writers:
+      writer.write_scalars(step, scalars)
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    for writer in self._writers:
+      writer.write_hparams(hparams)
+
+  def flush(self) -> None:
+    for writer in self._writers:
+      writer.flush()
+
+  def close(self) -> None:
+    # Close every writer even if one fails, then report the first failure.
+    errors = []
+    for writer in self._writers:
+      try:
+        writer.close()
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(e)
+    if errors:
+      raise errors[0]
+
+
+class NullWriter(MetricWriter):
+  """Drops everything; used on non-main processes."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    del step, scalars
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    del hparams
+
+
+def create_default_writers(workdir: str, *, wandb_mode: str, config_text: str | None = None,
+                           is_main_process: bool = True, wandb_project: str = "lopt") -> MetricWriter:
+  """Builds the writers of a run: console, ``workdir/metrics.jsonl`` and wandb (unless disabled).
+
+  Args:
+    workdir: the run directory.
+    wandb_mode: one of ``WANDB_MODES``.
+    config_text: the operative gin config, recorded as the ``gin_config`` hyperparameter.
+    is_main_process: only the main process writes; other processes get a ``NullWriter``.
+    wandb_project: wandb project name.
+
+  Returns:
+    A writer fanning out to the above.
+  """
+  if wandb_mode not in WANDB_MODES:
+    raise ValueError(f"Unknown wandb mode '{wandb_mode}'. Choices: {', '.join(WANDB_MODES)}.")
+  if not is_main_process:
+    return NullWriter()
+  writers: list[MetricWriter] = [ConsoleWriter(), JsonlWriter(os.path.join(workdir, METRICS_FILE))]
+  if wandb_mode != "disabled":
+    writers.append(WandbWriter(mode=wandb_mode, project=wandb_project, directory=workdir))
+  writer = MultiWriter(writers)
+  if config_text is not None:
+    writer.write_hparams({"gin_config": config_text})
+  return writer
