@@ -1,0 +1,10 @@
+"""Learned optimizer architectures and hand-designed baselines.
+
+Each module registers its plugins on import; factories are reached through ``lopt.registry.lookup("architecture",
+name)`` or their modules (``lopt.architectures.ff.ff``).
+"""
+
+from lopt.architectures import baselines, features, ff
+from lopt.architectures.base import LearnedOptimizer
+
+__all__ = ["LearnedOptimizer", "baselines", "features", "ff"]
