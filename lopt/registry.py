@@ -63,7 +63,7 @@ def register(kind: str, name: str) -> Callable[[F], F]:
     if name in _REGISTRY[kind]:
       raise ValueError(f"A {kind} named '{name}' is already registered ({_REGISTRY[kind][name]!r}).")
     _REGISTRY[kind][name] = factory
-    gin.register(factory, name=name, module=KINDS[kind])
+    gin.register(name, module=KINDS[kind])(factory)
     return factory
 
   return decorator
@@ -98,4 +98,6 @@ def unregister(kind: str, name: str) -> None:
   _check_kind(kind)
   _REGISTRY[kind].pop(name, None)
   # gin has no public unregister; drop the selector so a test can register the name again.
-  gin.config._REGISTRY.pop(f"{KINDS[kind]}.{name}", None)  # pylint: disable=protected-access
+  selector = f"{KINDS[kind]}.{name}"
+  if selector in gin.config._REGISTRY:  # pylint: disable=protected-access
+    gin.config._REGISTRY.pop(selector)  # pylint: disable=protected-access

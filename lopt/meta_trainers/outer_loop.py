@@ -1,0 +1,155 @@
+"""``meta_train``: the outer loop that learns theta.
+
+It owns the outer optax optimizer, one jitted meta-step per task family, metric writing (console, JSONL, wandb),
+progress with steps/s and ETA, checkpoints every N steps and at the end, and automatic resume: when ``workdir``
+holds a checkpoint, training continues from it. The RNG of step ``i`` is ``fold_in(base_key, i)``, so a resumed
+run draws exactly the keys the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from lopt import checkpoints, writers
+from lopt.architectures.base import LearnedOptimizer
+from lopt.meta_trainers.base import GradientEstimator, tree_finite
+from lopt.tasks.base import TaskFamily, TaskSampler
+from lopt.types import MetaParams, PyTree
+
+
+@dataclasses.dataclass
+class MetaTrainResult:
+  """What ``meta_train`` returns: final meta-parameters, the step reached and the last logged metrics."""
+
+  theta: MetaParams
+  step: int
+  metrics: dict[str, float]
+  evaluation: Any = None
+
+
+def default_meta_optimizer(learning_rate: float = 1e-3, clip_norm: float = 1.0) -> optax.GradientTransformation:
+  """Adam on theta after clipping the meta-gradient's global norm."""
+  return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+
+
+def _make_step(estimator: GradientEstimator, family: TaskFamily, architecture: LearnedOptimizer,
+               meta_optimizer: optax.GradientTransformation) -> Callable:
+  """One jitted meta-step for ``family``: estimate, then update theta unless the estimate is not finite."""
+
+  def step(theta, opt_state, est_state, key):
+    grad, est_state, metrics = estimator.estimate(theta, est_state, key, task_family=family,
+                                                  learned_optimizer=architecture)
+    finite = tree_finite(grad)
+    grad = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grad)
+    updates, new_opt_state = meta_optimizer.update(grad, opt_state, theta)
+    new_theta = optax.apply_updates(theta, updates)
+    # A non-finite meta-gradient must not reach theta or the outer optimizer's moments.
+    theta, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (new_theta, new_opt_state),
+                                    (theta, opt_state))
+    metrics = dict(metrics, grad_norm=optax.global_norm(grad), skipped_update=1 - finite.astype(jnp.int32))
+    return theta, opt_state, est_state, metrics
+
+  return jax.jit(step, donate_argnums=(2,))
+
+
+def _progress(step: int, start_step: int, num_steps: int, start_time: float) -> dict[str, float]:
+  elapsed = max(time.perf_counter() - start_time, 1e-9)
+  rate = (step - start_step) / elapsed
+  eta = (num_steps - step) / rate if rate > 0 else float("inf")
+  return {"steps_per_sec": rate, "eta_sec": eta}
+
+
+def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, estimator: GradientEstimator,
+               num_outer_steps: int, workdir: str, seed: int = 0,
+               meta_optimizer: optax.GradientTransformation | None = None, log_every: int = 10,
+               checkpoint_every: int = 100, keep_checkpoints: int = 3, wandb_mode: str = "offline",
+               config_text: str | None = None,
+               final_evaluation: Callable[..., Any] | None = None) -> MetaTrainResult:
+  """Meta-trains ``architecture`` on tasks from ``task_sampler`` with ``estimator``.
+
+  Args:
+    task_sampler: chooses the task family of each outer step.
+    architecture: the learned optimizer whose theta is trained.
+    estimator: the meta-gradient estimator (e.g. ``pes``).
+    num_outer_steps: total outer steps; a resumed run counts the steps already done.
+    workdir: directory for checkpoints, ``metrics.jsonl`` and wandb files; resumed from when it holds a checkpoint.
+    seed: seeds theta's initialisation and every random draw of the run.
+    meta_optimizer: outer optax optimizer; default ``default_meta_optimizer()``.
+    log_every: outer steps between metric writes (metrics are averaged over them).
+    checkpoint_every: outer steps between checkpoints (one is always written at the end).
+    keep_checkpoints: how many recent checkpoints to keep.
+    wandb_mode: ``"offline"`` (default, no network), ``"online"`` or ``"disabled"``.
+    config_text: the gin config of the run, recorded as the wandb run config.
+    final_evaluation: optional ``fn(theta=..., init_theta=..., architecture=..., task_sampler=..., workdir=...)``
+      called at the end (e.g. ``lopt.evaluation.heldout_comparison``); its result is returned.
+
+  Returns:
+    A ``MetaTrainResult``.
+  """
+  if num_outer_steps < 0 or log_every < 1 or checkpoint_every < 1:
+    raise ValueError("num_outer_steps must be >= 0 and log_every, checkpoint_every >= 1; got "
+                     f"{num_outer_steps}, {log_every}, {checkpoint_every}.")
+  checkpoints.ensure_writable_dir(workdir)
+  meta_optimizer = meta_optimizer or default_meta_optimizer()
+  base_key = jax.random.key(seed)
+  theta_key, est_key, loop_key = jax.random.split(base_key, 3)
+
+  init_theta = architecture.init(theta_key)
+  families = {f.name: f for f in task_sampler.families}
+  est_states = {name: estimator.init(init_theta, jax.random.fold_in(est_key, i), task_family=f,
+                                     learned_optimizer=architecture)
+                for i, (name, f) in enumerate(sorted(families.items()))}
+  state: dict[str, PyTree] = {"theta": init_theta, "outer_opt_state": meta_optimizer.init(init_theta),
+                              "estimator": est_states, "step": np.int64(0)}
+  ckpt_dir = f"{workdir}/checkpoints"
+  if checkpoints.latest_step(ckpt_dir) is not None:
+    state, _ = checkpoints.restore(ckpt_dir, state)
+    logging.info("Resuming from step %d in %s", int(state["step"]), ckpt_dir)
+  start_step = int(state["step"])
+  theta, opt_state, est_states = state["theta"], state["outer_opt_state"], state["estimator"]
+
+  writer = writers.create_default_writers(workdir, wandb_mode=wandb_mode, config_text=config_text)
+  steps = {name: _make_step(estimator, f, architecture, meta_optimizer) for name, f in families.items()}
+  logging.info("Meta-training %s (%d meta-parameters) with %s for %d outer steps from step %d.",
+               architecture.name, architecture.num_meta_parameters(), type(estimator).__name__, num_outer_steps,
+               start_step)
+
+  pending: list[Mapping[str, jax.Array]] = []
+  last_metrics: dict[str, float] = {}
+  start_time = time.perf_counter()
+  step = start_step
+  try:
+    for step in range(start_step, num_outer_steps):
+      key = jax.random.fold_in(loop_key, step)
+      family = task_sampler.sample(jax.random.fold_in(key, 0))
+      theta, opt_state, est_states[family.name], metrics = steps[family.name](
+          theta, opt_state, est_states[family.name], jax.random.fold_in(key, 1))
+      pending.append(metrics)
+      done = step + 1
+      if done % log_every == 0 or done == num_outer_steps:
+        last_metrics = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
+        last_metrics.update(_progress(done, start_step, num_outer_steps, start_time))
+        writer.write_scalars(done, last_metrics)
+        pending = []
+      if done % checkpoint_every == 0 and done != num_outer_steps:
+        checkpoints.save(ckpt_dir, done, {"theta": theta, "outer_opt_state": opt_state, "estimator": est_states,
+                                          "step": np.int64(done)}, keep=keep_checkpoints)
+    final_step = max(start_step, num_outer_steps)
+    checkpoints.save(ckpt_dir, final_step, {"theta": theta, "outer_opt_state": opt_state,
+                                            "estimator": est_states, "step": np.int64(final_step)},
+                     keep=keep_checkpoints)
+    evaluation = None
+    if final_evaluation is not None:
+      evaluation = final_evaluation(theta=theta, init_theta=init_theta, architecture=architecture,
+                                    task_sampler=task_sampler, workdir=workdir)
+    return MetaTrainResult(theta=theta, step=final_step, metrics=last_metrics, evaluation=evaluation)
+  finally:
+    writer.close()

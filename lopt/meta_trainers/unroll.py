@@ -1,0 +1,101 @@
+"""Truncated inner training shared by every gradient estimator.
+
+The state of one inner task is a ``TaskState``; estimators hold a batch of them (leading axes for tasks and, for
+antithetic estimators, the sign of the perturbation) and step them with ``jax.vmap`` over these functions.
+
+Episode lengths are multiples of the truncation length, so a task only reaches its horizon between truncations:
+resets happen at the start of a truncation, never inside one, which keeps PES's accumulated perturbations exact.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.architectures.base import LearnedOptimizer
+from lopt.tasks.base import SPLITS, TaskFamily
+from lopt.types import MetaParams, Params, PRNGKey, PyTree
+
+
+class TaskState(NamedTuple):
+  """One inner task mid-training.
+
+  Attributes:
+    cfg: the task's sampled configuration.
+    params: inner parameters.
+    opt_state: the learned optimizer's state for ``params``.
+    step: inner steps done in the current episode.
+    horizon: length of the current episode, the ``num_steps`` the optimizer is told.
+  """
+
+  cfg: PyTree
+  params: Params
+  opt_state: PyTree
+  step: jax.Array
+  horizon: jax.Array
+
+
+def round_horizon(horizon: int, truncation_length: int) -> int:
+  """Rounds ``horizon`` up to a multiple of ``truncation_length``."""
+  if horizon <= 0 or truncation_length <= 0:
+    raise ValueError(f"horizon ({horizon}) and truncation_length ({truncation_length}) must be positive.")
+  return -(-horizon // truncation_length) * truncation_length
+
+
+def init_task_state(theta: MetaParams, key: PRNGKey, horizon: jax.Array, *, task_family: TaskFamily,
+                    learned_optimizer: LearnedOptimizer) -> TaskState:
+  """Samples a fresh task configuration and initial parameters; step 0 of an episode of ``horizon`` steps."""
+  cfg_key, init_key = jax.random.split(key)
+  cfg = task_family.sample(cfg_key)
+  params = task_family.task(cfg).init(init_key)
+  horizon = jnp.asarray(horizon, jnp.int32)
+  opt_state = learned_optimizer.optimizer(theta, num_steps=horizon).init(params)
+  return TaskState(cfg=cfg, params=params, opt_state=opt_state, step=jnp.zeros([], jnp.int32), horizon=horizon)
+
+
+def reset_where(done: jax.Array, fresh: TaskState, state: TaskState) -> TaskState:
+  """Selects ``fresh`` where ``done`` (a scalar bool for one task) and ``state`` elsewhere."""
+  return jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, state)
+
+
+def unroll(theta: MetaParams, state: TaskState, key: PRNGKey, num_steps: int, *, task_family: TaskFamily,
+           learned_optimizer: LearnedOptimizer, meta_loss_split: str = "train") -> tuple[TaskState, jax.Array]:
+  """Trains one task for ``num_steps`` inner steps with ``lax.scan``.
+
+  Args:
+    theta: meta-parameters of the learned optimizer.
+    state: the task's state; its episode must have at least ``num_steps`` steps left.
+    key: randomness for batches and stochastic losses; the same key gives the same data.
+    num_steps: truncation length (static).
+    task_family: the family ``state.cfg`` was sampled from.
+    learned_optimizer: the architecture theta belongs to.
+    meta_loss_split: ``"train"`` scores each step by the training batch loss already computed for the gradient;
+      ``"outer_valid"`` by the loss on a fresh outer-validation batch.
+
+  Returns:
+    The new state and the normalised meta-loss of each step, shape ``(num_steps,)``.
+  """
+  if meta_loss_split not in SPLITS:
+    raise ValueError(f"meta_loss_split must be one of {SPLITS}, got '{meta_loss_split}'.")
+  task = task_family.task(state.cfg)
+  tx = learned_optimizer.optimizer(theta, num_steps=state.horizon)
+
+  def step_fn(carry, step_key):
+    params, opt_state = carry
+    batch_key, loss_key, valid_key = jax.random.split(step_key, 3)
+    loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.batch(batch_key, "train"))
+    if meta_loss_split == "train":
+      meta_loss = loss
+    else:
+      meta_loss = task.loss(params, loss_key, task.batch(valid_key, meta_loss_split))
+    updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
+    params = optax.apply_updates(params, updates)
+    return (params, opt_state), task.normalize(meta_loss)
+
+  (params, opt_state), losses = jax.lax.scan(step_fn, (state.params, state.opt_state),
+                                              jax.random.split(key, num_steps))
+  new_state = state._replace(params=params, opt_state=opt_state, step=state.step + num_steps)
+  return new_state, losses
