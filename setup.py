@@ -1,0 +1,30 @@
+"""Packaging for lopt. Lower bounds are the versions the test suite was run with."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lopt",
+    version="0.1.0",
+    description="A JAX research framework for learned optimizers: plugins, gin-configured meta-training, optax "
+                "drop-in optimizers.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["lopt", "lopt.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "gin-config>=0.5.0",
+        "absl-py>=2.5.1",
+        "clu>=0.0.12",
+        "wandb>=0.31.0",
+        "numpy>=2.4",
+        "scikit-learn>=1.9",  # bundles the 8x8 digits data set: real data with no download.
+    ],
+    extras_require={
+        "test": ["pytest>=9.0"],
+        # clu's metric writers (TensorBoard event files) import TensorFlow, which the default install avoids.
+        "tensorboard": ["tensorflow-cpu", "tensorboard"],
+    },
+)
