@@ -33,4 +33,4 @@ def test_ff_in_optax_chain_trains_an_mlp():
   assert final < 0.8 * initial
   # The clip in the chain bounds every update's global norm.
   updates, _ = tx.update(jax.tree.map(lambda p: 1e6 * jnp.ones_like(p), params), opt_state, params, loss=1.0)
-  assert float(optax.global_norm(updates)) <= 1.0 + 1e-5
+  assert float(optax.tree.norm(updates)) <= 1.0 + 1e-5

@@ -54,7 +54,7 @@ def _make_step(estimator: GradientEstimator, family: TaskFamily, architecture: L
     # A non-finite meta-gradient must not reach theta or the outer optimizer's moments.
     theta, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (new_theta, new_opt_state),
                                     (theta, opt_state))
-    metrics = dict(metrics, grad_norm=optax.global_norm(grad), skipped_update=1 - finite.astype(jnp.int32))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grad), skipped_update=1 - finite.astype(jnp.int32))
     return theta, opt_state, est_state, metrics
 
   return jax.jit(step, donate_argnums=(2,))
