@@ -38,7 +38,10 @@ def main(argv):
                                            config_text=config_text)
   with open(os.path.join(_WORKDIR.value, "config.gin"), "w") as f:
     f.write(gin.operative_config_str())
-  logging.info("Done at step %d; final metrics %s", result.step, result.metrics)
+  if result.interrupted:
+    logging.info("Interrupted at step %d; run the same command to resume.", result.step)
+  else:
+    logging.info("Done at step %d; final metrics %s", result.step, result.metrics)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,31 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
   return rows
 
 
+def truncate_jsonl(path: str, max_step: int) -> int:
+  """Drops the records of ``path`` whose step is above ``max_step`` (atomically); returns how many were dropped.
+
+  A run killed after its last checkpoint logged steps that its resume will compute again; dropping them keeps one
+  record per step.
+  """
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line torn by the kill
+    if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= max_step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+  return len(lines) - len(kept)
+
+
 class WandbWriter(MetricWriter):
   """Writes to a Weights & Biases run (``wandb`` is imported only when this writer is built).
 

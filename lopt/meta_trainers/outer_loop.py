@@ -8,7 +8,10 @@ run draws exactly the keys the uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -33,6 +36,7 @@ class MetaTrainResult:
   step: int
   metrics: dict[str, float]
   evaluation: Any = None
+  interrupted: bool = False
 
 
 def default_meta_optimizer(learning_rate: float = 1e-3, clip_norm: float = 1.0) -> optax.GradientTransformation:
@@ -60,6 +64,30 @@ def _make_step(estimator: GradientEstimator, family: TaskFamily, architecture: L
   return jax.jit(step, donate_argnums=(2,))
 
 
+@contextlib.contextmanager
+def _stop_requests(enabled: bool):
+  """Turns SIGTERM and SIGINT into a request to stop after the current step (yields a set that fills on one)."""
+  requested: set[int] = set()
+  if not enabled or threading.current_thread() is not threading.main_thread():
+    yield requested
+    return
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+  def handler(signum, frame):
+    del frame
+    logging.warning("Received %s: stopping after the current step and writing a checkpoint.",
+                    signal.Signals(signum).name)
+    requested.add(signum)
+
+  for sig in previous:
+    signal.signal(sig, handler)
+  try:
+    yield requested
+  finally:
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+
+
 def _progress(step: int, start_step: int, num_steps: int, start_time: float) -> dict[str, float]:
   elapsed = max(time.perf_counter() - start_time, 1e-9)
   rate = (step - start_step) / elapsed
@@ -71,8 +99,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
                num_outer_steps: int, workdir: str, seed: int = 0,
                meta_optimizer: optax.GradientTransformation | None = None, log_every: int = 10,
                checkpoint_every: int = 100, keep_checkpoints: int = 3, wandb_mode: str = "offline",
-               config_text: str | None = None,
-               final_evaluation: Callable[..., Any] | None = None) -> MetaTrainResult:
+               config_text: str | None = None, final_evaluation: Callable[..., Any] | None = None,
+               handle_signals: bool = True) -> MetaTrainResult:
   """Meta-trains ``architecture`` on tasks from ``task_sampler`` with ``estimator``.
 
   Args:
@@ -90,6 +118,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
     config_text: the gin config of the run, recorded as the wandb run config.
     final_evaluation: optional ``fn(theta=..., init_theta=..., architecture=..., task_sampler=..., workdir=...)``
       called at the end (e.g. ``lopt.evaluation.heldout_comparison``); its result is returned.
+    handle_signals: on SIGTERM/SIGINT, finish the current step, write a checkpoint and return with
+      ``interrupted=True`` (only when called from the main thread).
 
   Returns:
     A ``MetaTrainResult``.
@@ -113,6 +143,9 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
   if checkpoints.latest_step(ckpt_dir) is not None:
     state, _ = checkpoints.restore(ckpt_dir, state)
     logging.info("Resuming from step %d in %s", int(state["step"]), ckpt_dir)
+    dropped = writers.truncate_jsonl(f"{workdir}/{writers.METRICS_FILE}", int(state["step"]))
+    if dropped:
+      logging.info("Dropped %d metric records logged after the checkpoint; they are computed again.", dropped)
   start_step = int(state["step"])
   theta, opt_state, est_states = state["theta"], state["outer_opt_state"], state["estimator"]
 
@@ -125,31 +158,37 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
   pending: list[Mapping[str, jax.Array]] = []
   last_metrics: dict[str, float] = {}
   start_time = time.perf_counter()
-  step = start_step
+  done = start_step
+
+  def save(step: int) -> None:
+    checkpoints.save(ckpt_dir, step, {"theta": theta, "outer_opt_state": opt_state, "estimator": est_states,
+                                      "step": np.int64(step)}, keep=keep_checkpoints)
+
   try:
-    for step in range(start_step, num_outer_steps):
-      key = jax.random.fold_in(loop_key, step)
-      family = task_sampler.sample(jax.random.fold_in(key, 0))
-      theta, opt_state, est_states[family.name], metrics = steps[family.name](
-          theta, opt_state, est_states[family.name], jax.random.fold_in(key, 1))
-      pending.append(metrics)
-      done = step + 1
-      if done % log_every == 0 or done == num_outer_steps:
-        last_metrics = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
-        last_metrics.update(_progress(done, start_step, num_outer_steps, start_time))
-        writer.write_scalars(done, last_metrics)
-        pending = []
-      if done % checkpoint_every == 0 and done != num_outer_steps:
-        checkpoints.save(ckpt_dir, done, {"theta": theta, "outer_opt_state": opt_state, "estimator": est_states,
-                                          "step": np.int64(done)}, keep=keep_checkpoints)
-    final_step = max(start_step, num_outer_steps)
-    checkpoints.save(ckpt_dir, final_step, {"theta": theta, "outer_opt_state": opt_state,
-                                            "estimator": est_states, "step": np.int64(final_step)},
-                     keep=keep_checkpoints)
+    with _stop_requests(handle_signals) as stop_requested:
+      for step in range(start_step, num_outer_steps):
+        key = jax.random.fold_in(loop_key, step)
+        family = task_sampler.sample(jax.random.fold_in(key, 0))
+        theta, opt_state, est_states[family.name], metrics = steps[family.name](
+            theta, opt_state, est_states[family.name], jax.random.fold_in(key, 1))
+        pending.append(metrics)
+        done = step + 1
+        if done % log_every == 0 or done == num_outer_steps or stop_requested:
+          last_metrics = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
+          last_metrics.update(_progress(done, start_step, num_outer_steps, start_time))
+          writer.write_scalars(done, last_metrics)
+          pending = []
+        if stop_requested:
+          save(done)
+          logging.warning("Stopped at step %d; a checkpoint is written and the run resumes from it.", done)
+          return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, interrupted=True)
+        if done % checkpoint_every == 0 and done != num_outer_steps:
+          save(done)
+    save(done)
     evaluation = None
     if final_evaluation is not None:
       evaluation = final_evaluation(theta=theta, init_theta=init_theta, architecture=architecture,
                                     task_sampler=task_sampler, workdir=workdir)
-    return MetaTrainResult(theta=theta, step=final_step, metrics=last_metrics, evaluation=evaluation)
+    return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, evaluation=evaluation)
   finally:
     writer.close()
