@@ -66,3 +66,16 @@ def test_bad_arguments_rejected(tmp_path):
     outer_loop.meta_train(task_sampler=fixed(quadratic(dim=4)), architecture=ff.ff(),
                           estimator=pes_lib.pes(), num_outer_steps=2, workdir=str(tmp_path),
                           wandb_mode="disabled", log_every=0)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+  _run(tmp_path, 4)  # checkpoints at steps 2 and 4
+  latest = checkpoints.checkpoint_path(os.path.join(tmp_path, "checkpoints"), 4)
+  with open(latest, "r+b") as f:
+    f.truncate(os.path.getsize(latest) // 2)
+  with caplog.at_level("WARNING"):
+    result = _run(tmp_path, 6)
+  assert "checkpoint_00000004" in caplog.text
+  assert result.step == 6
+  steps = [line["step"] for line in writers.read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))]
+  assert steps == [2, 4, 6]  # resumed from step 2: the records of steps 3-4 were dropped and logged again
