@@ -16,6 +16,24 @@ def _with_extra_args(tx: optax.GradientTransformation) -> optax.GradientTransfor
   return optax.with_extra_args_support(tx)
 
 
+def _in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Runs ``tx`` on float32 copies of gradients and parameters and casts updates back to the gradients' dtypes.
+
+  Hyperparameters that are traced float32 scalars (as theta is) would otherwise promote the moments of bfloat16
+  parameters to float32 after the first step, changing the state's structure mid-run.
+  """
+  f32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+
+  def init(params):
+    return tx.init(f32(params))
+
+  def update(updates, state, params=None):
+    new, state = tx.update(f32(updates), state, None if params is None else f32(params))
+    return jax.tree.map(lambda u, g: u.astype(g.dtype), new, updates), state
+
+  return optax.GradientTransformation(init, update)
+
+
 @register("architecture", "adam")
 def adam(*, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> LearnedOptimizer:
   """optax.adam with fixed hyperparameters (empty theta)."""
@@ -48,6 +66,40 @@ def learnable_adam(*, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 
         optax.scale_by_adam(b1=jax.nn.sigmoid(theta["b1_logit"]), b2=jax.nn.sigmoid(theta["b2_logit"]),
                             eps=jnp.exp(theta["log_eps"])),
         optax.scale_by_learning_rate(jnp.exp(theta["log_lr"])))
-    return _with_extra_args(tx)
+    return _with_extra_args(_in_float32(tx))
 
   return LearnedOptimizer(name="learnable_adam", init=init, optimizer=optimizer)
+
+
+def _fixed(name: str, tx: optax.GradientTransformation) -> LearnedOptimizer:
+  """A hand-designed optimizer with empty theta."""
+
+  def init(key: PRNGKey) -> MetaParams:
+    del key
+    return {}
+
+  def optimizer(theta: MetaParams, *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
+    del theta, num_steps
+    return _with_extra_args(tx)
+
+  return LearnedOptimizer(name=name, init=init, optimizer=optimizer)
+
+
+@register("architecture", "radam")
+def radam(*, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          threshold: float = 5.0) -> LearnedOptimizer:
+  """optax.radam (Rectified Adam, Liu et al. 2019) with fixed hyperparameters (empty theta)."""
+  return _fixed("radam", optax.radam(learning_rate, b1=b1, b2=b2, eps=eps, threshold=threshold))
+
+
+@register("architecture", "adamw")
+def adamw(*, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 1e-4) -> LearnedOptimizer:
+  """optax.adamw (decoupled weight decay) with fixed hyperparameters (empty theta)."""
+  return _fixed("adamw", optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+
+
+@register("architecture", "sgd_momentum")
+def sgd_momentum(*, learning_rate: float = 1e-2, momentum: float = 0.9, nesterov: bool = False) -> LearnedOptimizer:
+  """optax.sgd with (heavy-ball or Nesterov) momentum and fixed hyperparameters (empty theta)."""
+  return _fixed("sgd_momentum", optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))

@@ -1,0 +1,117 @@
+"""Optimizer step overhead: one jitted training step of a ~1M-parameter MLP with each optimizer, relative to Adam.
+
+  python benchmarks/step_overhead.py --repeats=30 --out=/tmp/step_overhead.json
+
+A step is forward, backward and optimizer update of a 784-1024-256-10 MLP (1.07M parameters) at batch 128. Each
+optimizer is timed as the median of ``--repeats`` runs after warm-up; ``optax.adam`` is timed in the same run
+(interleaved rounds, so load from other processes affects every optimizer alike) and every time is reported as a
+ratio to it. ``state_floats_per_param`` counts the optimizer state's scalars per model parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from lopt import registry  # noqa: E402
+import lopt.architectures  # noqa: E402,F401  registers every architecture.
+
+SIZES = (784, 1024, 256, 10)
+BATCH = 128
+DEFAULT_OPTIMIZERS = ("adam", "ff_small", "lstm_hyper", "per_tensor", "ff", "radam", "adamw", "sgd_momentum")
+
+
+def _init_mlp(key: jax.Array) -> dict:
+  params = {}
+  for i, (n_in, n_out) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+    key, sub = jax.random.split(key)
+    params[f"w{i}"] = jax.random.normal(sub, (n_in, n_out)) * jnp.sqrt(2.0 / n_in)
+    params[f"b{i}"] = jnp.zeros((n_out,))
+  return params
+
+
+def _loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+  for i in range(len(SIZES) - 1):
+    x = x @ params[f"w{i}"] + params[f"b{i}"]
+    if i < len(SIZES) - 2:
+      x = jax.nn.relu(x)
+  return optax.softmax_cross_entropy_with_integer_labels(x, y).mean()
+
+
+def _make_step(tx: optax.GradientTransformationExtraArgs):
+  def step(params, opt_state, x, y):
+    loss, grads = jax.value_and_grad(_loss)(params, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS))
+  parser.add_argument("--repeats", type=int, default=30)
+  parser.add_argument("--steps_per_repeat", type=int, default=3)
+  parser.add_argument("--out", default="step_overhead.json")
+  args = parser.parse_args()
+  names = [n for n in args.optimizers.split(",") if n]
+  if "adam" not in names:
+    names.insert(0, "adam")
+
+  key = jax.random.key(0)
+  params0 = _init_mlp(key)
+  num_params = sum(p.size for p in jax.tree.leaves(params0))
+  x = jax.random.normal(jax.random.key(1), (BATCH, SIZES[0]))
+  y = jax.random.randint(jax.random.key(2), (BATCH,), 0, SIZES[-1])
+
+  runners = {}
+  for name in names:
+    arch = registry.lookup("architecture", name)()
+    tx = arch.optimizer(arch.init(jax.random.key(3)), num_steps=10_000)
+    state = tx.init(params0)
+    floats = sum(np.size(s) for s in jax.tree.leaves(state))
+    step = _make_step(tx)
+    carry = [jax.tree.map(jnp.copy, params0), state]
+    for _ in range(3):  # compile and warm up
+      carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
+    jax.block_until_ready(loss)
+    runners[name] = (step, carry, floats / num_params)
+
+  times = {name: [] for name in names}
+  for _ in range(args.repeats):
+    for name in names:  # interleaved so machine load hits every optimizer alike
+      step, carry, _ = runners[name]
+      start = time.perf_counter()
+      for _ in range(args.steps_per_repeat):
+        carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
+      jax.block_until_ready(loss)
+      times[name].append((time.perf_counter() - start) / args.steps_per_repeat)
+
+  adam_ms = 1e3 * float(np.median(times["adam"]))
+  results = []
+  print(f"{num_params} parameters, batch {BATCH}, median of {args.repeats} x {args.steps_per_repeat} steps")
+  print(f"{'optimizer':<14} {'ms/step':>9} {'x adam':>8} {'state floats/param':>20}")
+  for name in names:
+    ms = 1e3 * float(np.median(times[name]))
+    row = {"optimizer": name, "ms_per_step": ms, "ratio_to_adam": ms / adam_ms,
+           "state_floats_per_param": runners[name][2]}
+    results.append(row)
+    print(f"{name:<14} {ms:>9.2f} {ms / adam_ms:>8.2f} {row['state_floats_per_param']:>20.2f}")
+  with open(args.out, "w") as f:
+    json.dump({"num_params": int(num_params), "batch": BATCH, "repeats": args.repeats,
+               "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+               "load_average": os.getloadavg(), "results": results}, f, indent=2)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,110 @@
+"""Conformance of every registered architecture: each must behave as an ordinary optax transformation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt.architectures  # noqa: F401  registers every architecture.
+from lopt import registry
+from lopt.meta_trainers import unroll as unroll_lib
+from lopt.tasks import quadratic
+
+NAMES = registry.names("architecture")
+NUM_STEPS = 20
+
+
+def _params(dtype=jnp.float32):
+  key = jax.random.key(0)
+  return {"w": (0.3 * jax.random.normal(key, (6, 5))).astype(dtype), "b": jnp.zeros((5,), dtype),
+          "s": jnp.ones([], dtype), "conv": (0.1 * jnp.ones((3, 2, 4))).astype(dtype)}
+
+
+def _make(name):
+  arch = registry.lookup("architecture", name)()
+  return arch, arch.init(jax.random.key(1))
+
+
+def _structure(tree):
+  return jax.tree.structure(tree), [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_stable_dtypes_kept_and_extreme_gradients_finite(name):
+  arch, theta = _make(name)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    params = _params(dtype)
+    tx = arch.optimizer(theta, num_steps=NUM_STEPS)
+    state = tx.init(params)
+    before = _structure(state)
+    # One compiled step serves every case below: same shapes, only values change.
+    step = jax.jit(lambda p, s, g: tx.update(g, s, p, loss=jnp.float32(1.0)))
+    for i in range(3):
+      grads = jax.tree.map(lambda p: (0.1 * (i + 1) * jnp.ones_like(p)).astype(p.dtype), params)
+      updates, state = step(params, state, grads)
+      assert _structure(state) == before
+      params = optax.apply_updates(params, updates)
+    assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
+    assert all(p.dtype == dtype for p in jax.tree.leaves(params))
+    if dtype != jnp.float32:
+      continue
+    for scale in (0.0, 1e-30, 1e30):
+      fresh = tx.init(params)
+      for sign in (1.0, -1.0, 1.0):
+        grads = jax.tree.map(lambda p: sign * scale * jnp.ones_like(p), params)
+        updates, fresh = step(params, fresh, grads)
+        for u in jax.tree.leaves(updates):
+          assert np.all(np.isfinite(np.asarray(u))), (name, scale)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_over_theta_and_chain(name):
+  arch, _ = _make(name)
+  thetas = jax.vmap(arch.init)(jax.random.split(jax.random.key(2), 3))
+  params = _params()
+  grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+
+  def one(theta):
+    tx = optax.chain(optax.clip_by_global_norm(1.0), arch.optimizer(theta, num_steps=NUM_STEPS),
+                     optax.scale(1.0))
+    updates, _ = tx.update(grads, tx.init(params), params, loss=jnp.float32(1.0))
+    return updates
+
+  updates = jax.jit(jax.vmap(one, axis_size=3))(thetas)  # axis_size: theta may be empty
+  for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+    assert u.shape == (3,) + p.shape and np.all(np.isfinite(np.asarray(u)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_meta_gradient_finite_and_untrained_optimizer_makes_progress(name):
+  arch, theta = _make(name)
+  family = quadratic(dim=4)
+  state = unroll_lib.init_task_state(theta, jax.random.key(3), 40, task_family=family, learned_optimizer=arch)
+
+  def meta_loss(th, num_steps):
+    _, losses = unroll_lib.unroll(th, state, jax.random.key(4), num_steps, task_family=family,
+                                  learned_optimizer=arch)
+    return jnp.mean(losses), losses
+
+  (value, _), grad = jax.jit(jax.value_and_grad(lambda th: meta_loss(th, 5), has_aux=True))(theta)
+  assert np.isfinite(float(value))
+  for g in jax.tree.leaves(grad):
+    assert np.all(np.isfinite(np.asarray(g))), name
+  # Learned optimizers start as a working optimizer: 40 untrained steps reduce the loss.
+  _, losses = jax.jit(lambda th: meta_loss(th, 40))(theta)
+  assert float(losses[-1]) < float(losses[0])
+
+
+def test_valid_loss_is_optional_for_per_tensor():
+  arch, theta = _make("per_tensor")
+  params = _params()
+  tx = arch.optimizer(theta, num_steps=NUM_STEPS)
+  grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+  state = tx.init(params)
+  without, s1 = tx.update(grads, state, params, loss=jnp.float32(2.0))
+  with_valid, s2 = tx.update(grads, state, params, loss=jnp.float32(2.0), valid_loss=jnp.float32(3.0))
+  assert _structure(s1) == _structure(s2)
+  assert float(s2.valid_loss["seen"]) == 1.0 and float(s1.valid_loss["seen"]) == 0.0
+  for a in jax.tree.leaves(with_valid):
+    assert np.all(np.isfinite(np.asarray(a)))
