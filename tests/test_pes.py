@@ -11,35 +11,60 @@ from lopt.meta_trainers import unroll as unroll_lib
 from lopt.tasks import quadratic
 
 HORIZON, TRUNCATION = 20, 5
+FAMILY = quadratic(dim=4, noise_std=0.0)
+ARCH = baselines.learnable_adam(learning_rate=0.05)
+KW = dict(task_family=FAMILY, learned_optimizer=ARCH)
+_JITTED = {}
+
+
+def flat(tree) -> np.ndarray:
+  return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+
+
+def exact_gradient(theta, start, horizon: int = HORIZON) -> np.ndarray:
+  """Exact gradient of the mean normalised loss of a full ``horizon``-step unroll, averaged over the tasks."""
+
+  def full_unroll_loss(th, task_state):
+    _, losses = unroll_lib.unroll(th, task_state, jax.random.key(0), horizon, **KW)
+    return jnp.mean(losses)
+
+  return flat(jax.tree.map(lambda g: jnp.mean(g, axis=0),
+                           jax.vmap(jax.grad(full_unroll_loss), in_axes=(None, 0))(theta, start)))
+
+
+def episode_estimate(estimator, seed: int, *, start_of=lambda state: state.inner, num_truncations=None):
+  """Mean of an estimator's estimates over one episode of every task, and the exact gradient on the same tasks.
+
+  Args:
+    estimator: an estimator over ``FAMILY`` and ``ARCH`` with ``stagger=False`` and horizon ``HORIZON``.
+    seed: seeds the tasks and the estimates.
+    start_of: the batch of task states (leading axis: tasks) the estimator starts from, given its initial state.
+    num_truncations: estimates to average; default one episode of ``HORIZON // TRUNCATION`` truncations.
+
+  Returns:
+    ``(estimate, exact)`` as flat arrays.
+  """
+  theta = ARCH.init(jax.random.key(0))
+  state = estimator.init(theta, jax.random.key(seed), **KW)
+  start = start_of(state)
+  if estimator not in _JITTED:  # one compilation per estimator configuration
+    _JITTED[estimator] = jax.jit(lambda th, s, k: estimator.estimate(th, s, k, **KW))
+  estimate = _JITTED[estimator]
+  num_truncations = num_truncations or HORIZON // TRUNCATION
+  total = jax.tree.map(jnp.zeros_like, theta)
+  for j in range(num_truncations):
+    grad, state, metrics = estimate(theta, state, jax.random.fold_in(jax.random.key(seed + 1), j))
+    assert int(metrics["masked_tasks"]) == 0
+    total = jax.tree.map(jnp.add, total, grad)
+  return flat(total) / num_truncations, exact_gradient(theta, start)
 
 
 def _pes_and_exact(num_tasks: int, seed: int, std: float = 0.01):
   """Mean PES estimate over one full episode of every task, and the exact gradient of the same objective."""
-  family = quadratic(dim=4, noise_std=0.0)
-  arch = baselines.learnable_adam(learning_rate=0.05)
-  theta = arch.init(jax.random.key(0))
   estimator = pes_lib.pes(num_tasks=num_tasks, truncation_length=TRUNCATION, horizon=HORIZON, std=std,
                           stagger=False)
-  kw = dict(task_family=family, learned_optimizer=arch)
-  state = estimator.init(theta, jax.random.key(seed), **kw)
-  start = jax.tree.map(lambda x: x[0], state.inner)  # the + and - copies start identical
-
-  estimate = jax.jit(lambda th, s, k: estimator.estimate(th, s, k, **kw))
-  total = jax.tree.map(jnp.zeros_like, theta)
-  for j in range(HORIZON // TRUNCATION):
-    grad, state, metrics = estimate(theta, state, jax.random.fold_in(jax.random.key(seed + 1), j))
-    assert int(metrics["masked_tasks"]) == 0
-    total = jax.tree.map(jnp.add, total, grad)
-  pes_grad = jax.tree.map(lambda g: g / (HORIZON // TRUNCATION), total)
-
-  def full_unroll_loss(th, task_state):
-    _, losses = unroll_lib.unroll(th, task_state, jax.random.key(0), HORIZON, **kw)
-    return jnp.mean(losses)
-
-  exact = jax.vmap(jax.grad(full_unroll_loss), in_axes=(None, 0))(theta, start)
-  exact = jax.tree.map(lambda g: jnp.mean(g, axis=0), exact)
-  flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
-  return flat(pes_grad), flat(exact)
+  # The + and - copies start identical.
+  return episode_estimate(estimator, seed, start_of=lambda state: jax.tree.map(lambda x: x[0], state.inner))
 
 
 def _cosine(a, b):

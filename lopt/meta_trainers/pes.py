@@ -16,11 +16,15 @@ import jax
 import jax.numpy as jnp
 
 from lopt.architectures.base import LearnedOptimizer
+from lopt.meta_trainers import antithetic, objectives, truncation
 from lopt.meta_trainers import unroll as unroll_lib
-from lopt.meta_trainers.base import GradientEstimator, tree_finite
+from lopt.meta_trainers.base import GradientEstimator
 from lopt.registry import register
 from lopt.tasks.base import TaskFamily
 from lopt.types import MetaParams, PRNGKey
+
+# Kept for callers of the pre-refactor private name.
+_tree_normal = antithetic.tree_normal
 
 
 class PESState(NamedTuple):
@@ -30,18 +34,6 @@ class PESState(NamedTuple):
   accumulator: MetaParams
 
 
-def _tree_normal(key: PRNGKey, tree: MetaParams, std: float, batch: int) -> MetaParams:
-  leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(key, max(len(leaves), 1))
-  noise = [std * jax.random.normal(k, (batch,) + jnp.shape(x), jnp.float32).astype(jnp.result_type(x))
-           for k, x in zip(keys, leaves)]
-  return jax.tree.unflatten(treedef, noise)
-
-
-def _expand(mask: jax.Array, x: jax.Array) -> jax.Array:
-  return mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
-
-
 @dataclasses.dataclass(frozen=True)
 class PES(GradientEstimator):
   """Antithetic PES over truncated unrolls.
@@ -49,13 +41,17 @@ class PES(GradientEstimator):
   Attributes:
     num_tasks_: tasks trained in parallel (each with a + and a - copy).
     truncation_length: inner steps per estimate (K).
-    horizon: inner steps per episode (T), rounded up to a multiple of K.
+    horizon: inner steps per episode (T), rounded up to a multiple of K; the longest for ``"log_uniform"``.
     std: standard deviation of the perturbations of theta.
     stagger: start the first episodes at different points so that tasks do not all reset together.
     meta_loss_split: data split scoring each inner step (``"train"`` or ``"outer_valid"``).
     max_loss: a task whose normalised loss exceeds this (or is not finite) is masked out and restarted.
     loss_clip: each step's normalised loss is clipped to this before averaging, so one diverging perturbation
       cannot dominate the estimate.
+    objective: ``"mean"`` or ``"final"`` (see ``objectives``).
+    schedule: ``"constant"``, ``"log_uniform"`` or ``"never_ending"`` (see ``truncation``).
+    min_horizon: shortest episode of the ``"log_uniform"`` schedule.
+    diff_clip: optional bound on ``|L+ - L-|``.
   """
 
   num_tasks_: int = 8
@@ -65,81 +61,59 @@ class PES(GradientEstimator):
   stagger: bool = True
   meta_loss_split: str = "train"
   max_loss: float = 1e3
-  loss_clip: float = 10.0
+  loss_clip: float | None = 10.0
+  objective: str = "mean"
+  schedule: str = "constant"
+  min_horizon: int | None = None
+  diff_clip: float | None = None
 
   def __post_init__(self):
     if self.num_tasks_ < 1 or self.std <= 0:
       raise ValueError(f"pes needs num_tasks >= 1 and std > 0, got {self.num_tasks_} and {self.std}.")
-    object.__setattr__(self, "horizon", unroll_lib.round_horizon(self.horizon, self.truncation_length))
+    objectives.check(self.objective, self.meta_loss_split)
+    object.__setattr__(self, "horizon", truncation.round_horizon(self.horizon, self.truncation_length))
+    self.truncation_schedule  # validates the schedule's arguments early  # pylint: disable=pointless-statement
 
   @property
   def num_tasks(self) -> int:
     return self.num_tasks_
 
-  def _fresh(self, theta, keys, horizons, task_family, learned_optimizer) -> unroll_lib.TaskState:
-    """Fresh tasks for every key, duplicated along a leading sign axis (both signs start identical)."""
-    fresh = jax.vmap(lambda k, h: unroll_lib.init_task_state(
-        theta, k, h, task_family=task_family, learned_optimizer=learned_optimizer))(keys, horizons)
-    return jax.tree.map(lambda x: jnp.stack([x, x]), fresh)
+  @property
+  def truncation_schedule(self) -> truncation.TruncationSchedule:
+    return truncation.make(self.schedule, truncation_length=self.truncation_length, horizon=self.horizon,
+                           min_horizon=self.min_horizon)
 
   def init(self, theta: MetaParams, key: PRNGKey, *, task_family: TaskFamily,
            learned_optimizer: LearnedOptimizer) -> PESState:
-    task_key, stagger_key = jax.random.split(key)
-    num_truncations = self.horizon // self.truncation_length
-    if self.stagger:
-      # A shortened first episode staggers the resets without spending compute on burn-in.
-      horizons = self.truncation_length * jax.random.randint(
-          stagger_key, (self.num_tasks,), 1, num_truncations + 1)
-    else:
-      horizons = jnp.full((self.num_tasks,), self.horizon)
-    inner = self._fresh(theta, jax.random.split(task_key, self.num_tasks), horizons, task_family,
-                        learned_optimizer)
+    inner = antithetic.init_pairs(theta, key, self.truncation_schedule, num_tasks=self.num_tasks, copies=1,
+                                  stagger=self.stagger, task_family=task_family,
+                                  learned_optimizer=learned_optimizer)
     accumulator = jax.tree.map(lambda x: jnp.zeros((self.num_tasks,) + jnp.shape(x), jnp.result_type(x)), theta)
     return PESState(inner=inner, accumulator=accumulator)
 
   def estimate(self, theta: MetaParams, state: PESState, key: PRNGKey, *, task_family: TaskFamily,
                learned_optimizer: LearnedOptimizer) -> tuple[MetaParams, PESState, dict[str, Any]]:
     reset_key, noise_key, unroll_key = jax.random.split(key, 3)
-    inner, accumulator = state
-
-    done = inner.step[0] >= inner.horizon[0]
-    fresh = self._fresh(theta, jax.random.split(reset_key, self.num_tasks),
-                        jnp.full((self.num_tasks,), self.horizon), task_family, learned_optimizer)
-    inner = jax.tree.map(lambda a, b: jnp.where(_expand(done, a[0])[None], a, b), fresh, inner)
-    accumulator = jax.tree.map(lambda a: jnp.where(_expand(done, a), 0.0, a).astype(a.dtype), accumulator)
-
-    eps = _tree_normal(noise_key, theta, self.std, self.num_tasks)
+    kw = dict(task_family=task_family, learned_optimizer=learned_optimizer)
+    inner, done = unroll_lib.reset_finished(theta, state.inner, reset_key, self.truncation_schedule, **kw)
+    # A restarted episode owes nothing to earlier perturbations.
+    accumulator = jax.tree.map(
+        lambda a: jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), 0.0, a).astype(a.dtype),
+        state.accumulator)
+    eps = antithetic.tree_normal(noise_key, theta, self.std, self.num_tasks)
     accumulator = jax.tree.map(jnp.add, accumulator, eps)
-    thetas = jax.tree.map(lambda t, e: jnp.stack([t[None] + e, t[None] - e]), theta, eps)
-
-    run = lambda th, s, k: unroll_lib.unroll(
-        th, s, k, self.truncation_length, task_family=task_family, learned_optimizer=learned_optimizer,
-        meta_loss_split=self.meta_loss_split)
-    task_keys = jax.random.split(unroll_key, self.num_tasks)
-    # Both signs see the same keys, hence the same data: the antithetic pair differs only by the perturbation.
-    inner, losses = jax.vmap(jax.vmap(run), in_axes=(0, 0, None))(thetas, inner, task_keys)
-
-    raw_loss = jnp.mean(losses, axis=-1)  # (2, num_tasks)
-    segment_loss = jnp.mean(jnp.minimum(losses, self.loss_clip), axis=-1)
-    params_ok = jax.vmap(jax.vmap(tree_finite))(inner.params)
-    valid = jnp.all(jnp.isfinite(raw_loss) & (raw_loss < self.max_loss) & params_ok, axis=0)
-    diff = jnp.where(valid, segment_loss[0] - segment_loss[1], 0.0)
-    num_valid = jnp.sum(valid)
-    scale = diff / (2.0 * self.std**2) / jnp.maximum(num_valid, 1)
-    grad = jax.tree.map(lambda a: jnp.tensordot(scale, a, axes=1).astype(a.dtype), accumulator)
-
-    # Diverged tasks restart at the next truncation; their accumulators are reset with them.
-    inner = inner._replace(step=jnp.where(valid[None], inner.step, inner.horizon))
-    mean_loss = jnp.sum(jnp.where(valid, segment_loss.mean(axis=0), 0.0)) / jnp.maximum(num_valid, 1)
-    metrics = {"meta_loss": mean_loss, "masked_tasks": self.num_tasks - num_valid,
-               "resets": jnp.sum(done), "mean_inner_step": jnp.mean(inner.step[0].astype(jnp.float32))}
+    grad, inner, _, metrics = antithetic.truncation_step(self, theta, inner, eps, accumulator, unroll_key,
+                                                         copies=1, **kw)
+    metrics["resets"] = jnp.sum(done)
     return grad, PESState(inner=inner, accumulator=accumulator), metrics
 
 
 @register("estimator", "pes")
 def pes(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200, std: float = 0.01,
         stagger: bool = True, meta_loss_split: str = "train", max_loss: float = 1e3,
-        loss_clip: float = 10.0) -> PES:
+        loss_clip: float | None = 10.0, objective: str = "mean", schedule: str = "constant",
+        min_horizon: int | None = None, diff_clip: float | None = None) -> PES:
   """Antithetic Persistent Evolution Strategies over truncated unrolls (unbiased for the full horizon)."""
   return PES(num_tasks_=num_tasks, truncation_length=truncation_length, horizon=horizon, std=std,
-             stagger=stagger, meta_loss_split=meta_loss_split, max_loss=max_loss, loss_clip=loss_clip)
+             stagger=stagger, meta_loss_split=meta_loss_split, max_loss=max_loss, loss_clip=loss_clip,
+             objective=objective, schedule=schedule, min_horizon=min_horizon, diff_clip=diff_clip)

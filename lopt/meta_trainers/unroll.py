@@ -3,8 +3,9 @@
 The state of one inner task is a ``TaskState``; estimators hold a batch of them (leading axes for tasks and, for
 antithetic estimators, the sign of the perturbation) and step them with ``jax.vmap`` over these functions.
 
-Episode lengths are multiples of the truncation length, so a task only reaches its horizon between truncations:
-resets happen at the start of a truncation, never inside one, which keeps PES's accumulated perturbations exact.
+Episode lengths are multiples of the truncation length (``truncation.TruncationSchedule`` draws them), so a task
+only reaches its horizon between truncations: resets happen at the start of a truncation, never inside one, which
+keeps PES's accumulated perturbations exact.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.architectures.base import LearnedOptimizer
+from lopt.meta_trainers.truncation import TruncationSchedule, round_horizon  # noqa: F401  (re-exported)
 from lopt.tasks.base import SPLITS, TaskFamily
 from lopt.types import MetaParams, Params, PRNGKey, PyTree
 
@@ -38,13 +40,6 @@ class TaskState(NamedTuple):
   horizon: jax.Array
 
 
-def round_horizon(horizon: int, truncation_length: int) -> int:
-  """Rounds ``horizon`` up to a multiple of ``truncation_length``."""
-  if horizon <= 0 or truncation_length <= 0:
-    raise ValueError(f"horizon ({horizon}) and truncation_length ({truncation_length}) must be positive.")
-  return -(-horizon // truncation_length) * truncation_length
-
-
 def init_task_state(theta: MetaParams, key: PRNGKey, horizon: jax.Array, *, task_family: TaskFamily,
                     learned_optimizer: LearnedOptimizer) -> TaskState:
   """Samples a fresh task configuration and initial parameters; step 0 of an episode of ``horizon`` steps."""
@@ -56,13 +51,57 @@ def init_task_state(theta: MetaParams, key: PRNGKey, horizon: jax.Array, *, task
   return TaskState(cfg=cfg, params=params, opt_state=opt_state, step=jnp.zeros([], jnp.int32), horizon=horizon)
 
 
+def init_tasks(theta: MetaParams, keys: PRNGKey, horizons: jax.Array, *, task_family: TaskFamily,
+               learned_optimizer: LearnedOptimizer) -> TaskState:
+  """``init_task_state`` for a batch: one task per key, leading axis ``len(keys)``."""
+  return jax.vmap(lambda k, h: init_task_state(theta, k, h, task_family=task_family,
+                                               learned_optimizer=learned_optimizer))(keys, horizons)
+
+
+def reset_finished(theta: MetaParams, tasks: TaskState, key: PRNGKey, schedule: TruncationSchedule, *,
+                   task_family: TaskFamily, learned_optimizer: LearnedOptimizer,
+                   copies: int = 1) -> tuple[TaskState, jax.Array]:
+  """Restarts every task that reached its horizon with a fresh configuration, parameters and horizon.
+
+  Args:
+    theta: meta-parameters (the optimizer state of a fresh task is initialised with them).
+    tasks: a batch with leading axes ``(..., num_slots)``; every leading axis before the last is a copy of the
+      same task (e.g. the sign of an antithetic pair), so copies stay identical when they restart.
+    key: randomness of the fresh tasks.
+    schedule: draws the fresh horizons.
+    task_family: the family of the tasks.
+    learned_optimizer: the architecture theta belongs to.
+    copies: consecutive slots that are the same task (pairs of ES); they restart with the same configuration.
+
+  Returns:
+    The tasks and the boolean ``done`` mask of shape ``(num_slots,)``.
+  """
+  lead = tasks.step.ndim - 1
+  step, horizon = tasks.step, tasks.horizon
+  for _ in range(lead):
+    step, horizon = step[0], horizon[0]
+  done = step >= horizon
+  num_slots = done.shape[0]
+  task_key, horizon_key = jax.random.split(key)
+  keys = jnp.repeat(jax.random.split(task_key, num_slots // copies), copies, axis=0)
+  horizons = jnp.repeat(schedule.sample(horizon_key, (num_slots // copies,)), copies, axis=0)
+  fresh = init_tasks(theta, keys, horizons, task_family=task_family, learned_optimizer=learned_optimizer)
+
+  def select(a, b):
+    a = jnp.broadcast_to(a, b.shape)
+    return jnp.where(done.reshape((1,) * lead + done.shape + (1,) * (b.ndim - lead - 1)), a, b)
+
+  return jax.tree.map(select, fresh, tasks), done
+
+
 def reset_where(done: jax.Array, fresh: TaskState, state: TaskState) -> TaskState:
   """Selects ``fresh`` where ``done`` (a scalar bool for one task) and ``state`` elsewhere."""
   return jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, state)
 
 
 def unroll(theta: MetaParams, state: TaskState, key: PRNGKey, num_steps: int, *, task_family: TaskFamily,
-           learned_optimizer: LearnedOptimizer, meta_loss_split: str = "train") -> tuple[TaskState, jax.Array]:
+           learned_optimizer: LearnedOptimizer, meta_loss_split: str = "train",
+           remat: bool = False) -> tuple[TaskState, jax.Array]:
   """Trains one task for ``num_steps`` inner steps with ``lax.scan``.
 
   Args:
@@ -74,6 +113,8 @@ def unroll(theta: MetaParams, state: TaskState, key: PRNGKey, num_steps: int, *,
     learned_optimizer: the architecture theta belongs to.
     meta_loss_split: ``"train"`` scores each step by the training batch loss already computed for the gradient;
       ``"outer_valid"`` by the loss on a fresh outer-validation batch.
+    remat: rematerialise each inner step in the backward pass (``jax.checkpoint``), so differentiating through
+      the unroll stores only the carry of each step instead of every intermediate.
 
   Returns:
     The new state and the normalised meta-loss of each step, shape ``(num_steps,)``.
@@ -95,6 +136,8 @@ def unroll(theta: MetaParams, state: TaskState, key: PRNGKey, num_steps: int, *,
     params = optax.apply_updates(params, updates)
     return (params, opt_state), task.normalize(meta_loss)
 
+  if remat:
+    step_fn = jax.checkpoint(step_fn)
   (params, opt_state), losses = jax.lax.scan(step_fn, (state.params, state.opt_state),
                                               jax.random.split(key, num_steps))
   new_state = state._replace(params=params, opt_state=opt_state, step=state.step + num_steps)
