@@ -1,13 +1,15 @@
-"""Tests of the task families, the task samplers and the in-memory data sets."""
+"""Family-specific tests of quadratic and image_mlp, and of the bundled digits data.
+
+The checks every family must pass (finite gradients, vmap, determinism, normaliser, Adam) live in
+``test_task_conformance.py``.
+"""
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from sklearn import datasets
 
@@ -16,10 +18,6 @@ from lopt import tasks
 from lopt.tasks import data
 
 # id -> (registered name, small factory arguments, Adam learning rate, largest allowed final / initial loss ratio).
-# The quadratic uses lr 1e-1: Adam moves each coordinate by about lr per step, so 1e-3 would cover 0.1 in 100
-# steps, far less than the distance |x - center| ~ 1.4, and the test would not show convergence. At 1e-1 the
-# deterministic bowl is solved almost exactly; the noisy one stalls at the noise floor. The MLP uses the stated
-# 1e-3, which lowers its held-out loss by about a third in 100 steps.
 FAMILIES = {
     "quadratic": ("quadratic", {"dim": 8}, 1e-1, 1e-2),
     "noisy_quadratic": ("quadratic", {"dim": 8, "noise_std": 0.5}, 1e-1, 0.2),
@@ -47,52 +45,6 @@ def test_families_are_registered_with_descriptions():
     assert registry.describe("task_family", name)
 
 
-@pytest.mark.parametrize("family_id", FAMILIES)
-def test_init_loss_and_grad_are_finite(family_id):
-  task = sampled_task(make_family(family_id))
-  key = jax.random.key(1)
-  params = jax.jit(task.init)(key)
-  value, grads = jax.jit(jax.value_and_grad(task.loss))(params, key, task.batch(key, "train"))
-  assert value.shape == ()
-  assert np.isfinite(value)
-  assert jax.tree.structure(grads) == jax.tree.structure(params)
-  for g in jax.tree.leaves(grads):
-    assert np.all(np.isfinite(g))
-  assert any(np.any(g != 0) for g in jax.tree.leaves(grads))
-
-
-@pytest.mark.parametrize("family_id", FAMILIES)
-def test_vmap_over_sampled_cfgs_matches_one_at_a_time(family_id):
-  family = make_family(family_id)
-  keys = jax.random.split(jax.random.key(2), 4)
-
-  def initial_loss(cfg, key):
-    task = family.task(cfg)
-    return task.loss(task.init(key), key, task.batch(key, "train"))
-
-  cfgs = jax.vmap(family.sample)(keys)
-  losses = jax.jit(jax.vmap(initial_loss))(cfgs, keys)
-  assert losses.shape == (4,)
-  one_task = jax.jit(initial_loss)
-  expected = [one_task(jax.tree.map(lambda leaf, i=i: leaf[i], cfgs), keys[i]) for i in range(4)]
-  np.testing.assert_allclose(losses, expected, rtol=1e-5)
-  assert len(np.unique(np.asarray(losses))) == 4  # Sampled tasks differ.
-
-
-@pytest.mark.parametrize("family_id", FAMILIES)
-def test_same_key_gives_same_cfg_params_and_batch(family_id):
-  family = make_family(family_id)
-  cfg_a, cfg_b = family.sample(jax.random.key(3)), family.sample(jax.random.key(3))
-  assert trees_equal(cfg_a, cfg_b)
-  assert not trees_equal(cfg_a, family.sample(jax.random.key(4)))
-  task = family.task(cfg_a)
-  key, other = jax.random.key(5), jax.random.key(6)
-  assert trees_equal(task.init(key), task.init(key))
-  assert not trees_equal(task.init(key), task.init(other))
-  for split in tasks.SPLITS:
-    assert trees_equal(task.batch(key, split), task.batch(key, split))
-
-
 @pytest.mark.parametrize("family_id", ["noisy_quadratic", "image_mlp"])
 def test_stochastic_batches_depend_on_key(family_id):
   task = sampled_task(make_family(family_id))
@@ -104,60 +56,6 @@ def test_unknown_split_raises(family_id):
   task = sampled_task(make_family(family_id))
   with pytest.raises(ValueError, match="outer_valid"):
     task.batch(jax.random.key(0), "valid")
-
-
-@pytest.mark.parametrize("family_id", FAMILIES)
-def test_normalized_initial_loss_is_about_one(family_id):
-  family = make_family(family_id)
-  keys = jax.random.split(jax.random.key(7), 32)
-
-  def normalized_initial_loss(cfg, key):
-    task = family.task(cfg)
-    return task.normalize(task.loss(task.init(key), key, task.batch(key, "train")))
-
-  values = np.asarray(jax.jit(jax.vmap(normalized_initial_loss))(jax.vmap(family.sample)(keys), keys))
-  assert np.all(np.isfinite(values))
-  assert 0.2 <= np.median(values) <= 5.0
-  # Averaged over tasks, the normalised loss should be close to its design value of 1.
-  assert 0.5 <= values.mean() <= 2.0
-
-
-@pytest.mark.parametrize("family_id", FAMILIES)
-def test_adam_lowers_held_out_loss_in_100_steps(family_id):
-  _, _, learning_rate, max_ratio = FAMILIES[family_id]
-  task = sampled_task(make_family(family_id))
-  tx = optax.adam(learning_rate)
-
-  def held_out(metric, params, eval_keys):
-    # Averaged over several batches, so one small batch's noise cannot decide the test.
-    return jnp.mean(jax.vmap(lambda k: metric(params, task.batch(k, "outer_valid")))(eval_keys))
-
-  @jax.jit
-  def train(key):
-    init_key, eval_key, train_key = jax.random.split(key, 3)
-    params = task.init(init_key)
-
-    def step(carry, step_key):
-      params, opt_state = carry
-      grads = jax.grad(task.loss)(params, step_key, task.batch(step_key, "train"))
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), None
-
-    (trained, _), _ = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(train_key, 100))
-    eval_keys = jax.random.split(eval_key, 8)
-    loss = lambda p, batch: task.loss(p, eval_key, batch)
-    metrics = {"before": held_out(loss, params, eval_keys), "after": held_out(loss, trained, eval_keys)}
-    if task.accuracy is not None:
-      metrics["accuracy_before"] = held_out(task.accuracy, params, eval_keys)
-      metrics["accuracy_after"] = held_out(task.accuracy, trained, eval_keys)
-    return metrics
-
-  metrics = train(jax.random.key(8))
-  assert metrics["after"] < max_ratio * metrics["before"]
-  if task.accuracy is not None:
-    # At lr 1e-3 the MLP is far from trained after 100 steps (about 0.09 -> 0.2 on 256 held-out examples); 0.05 is
-    # well above the sampling noise of the difference.
-    assert metrics["accuracy_after"] > metrics["accuracy_before"] + 0.05
 
 
 def test_quadratic_loss_formula_and_deterministic_batches():
@@ -238,9 +136,9 @@ def test_digits_is_cached_and_seeded():
 def test_unknown_data_set_names_closest_match():
   with pytest.raises(ValueError, match="Did you mean 'digits'") as error:
     data.load("digts")
-  assert "Supported: digits" in str(error.value)
+  assert "Supported: " in str(error.value) and "digits" in str(error.value)
   with pytest.raises(ValueError, match="Unknown data set") as error:
-    data.load("imagenet")
+    data.load("xyzzy")
   assert "Did you mean" not in str(error.value)
 
 

@@ -5,18 +5,38 @@ on the configuration.
 """
 
 from lopt.tasks import data
+from lopt.tasks import loaders
+from lopt.tasks import text
+from lopt.tasks.augment import bfloat16, reduced_batch, reparametrize
+from lopt.tasks.autoencoder import autoencoder
 from lopt.tasks.base import SPLITS, Task, TaskFamily, TaskSampler
+from lopt.tasks.char_rnn import char_rnn
+from lopt.tasks.classic_2d import classic_2d
+from lopt.tasks.image_conv import image_conv
 from lopt.tasks.image_mlp import image_mlp
 from lopt.tasks.quadratic import quadratic
-from lopt.tasks.samplers import fixed
+from lopt.tasks.samplers import fixed, mixture, parametric
+from lopt.tasks.transformer_lm import transformer_lm
 
 __all__ = [
     "SPLITS",
     "Task",
     "TaskFamily",
     "TaskSampler",
+    "autoencoder",
+    "bfloat16",
+    "char_rnn",
+    "classic_2d",
     "data",
     "fixed",
+    "image_conv",
     "image_mlp",
+    "loaders",
+    "mixture",
+    "parametric",
     "quadratic",
+    "reduced_batch",
+    "reparametrize",
+    "text",
+    "transformer_lm",
 ]

@@ -59,23 +59,83 @@ def digits(seed: int = 0) -> Splits:
   return Splits(*(Split(jnp.asarray(x[idx]), jnp.asarray(y[idx])) for idx in parts))
 
 
+def _tabular(loader_name: str, seed: int) -> Splits:
+  """A scikit-learn bundled tabular data set, features standardised with train statistics, split 60/20/20."""
+  from sklearn import datasets  # pylint: disable=import-outside-toplevel
+
+  bunch = getattr(datasets, loader_name)()
+  x = bunch.data.astype(np.float32)
+  y = bunch.target.astype(np.int32)
+  order = np.random.default_rng(seed).permutation(len(y))
+  n = len(y)
+  parts = np.split(order, [int(0.6 * n), int(0.8 * n)])
+  mean, std = x[parts[0]].mean(0), x[parts[0]].std(0) + 1e-6
+  x = (x - mean) / std
+  return Splits(*(Split(jnp.asarray(x[idx]), jnp.asarray(y[idx])) for idx in parts))
+
+
+@functools.lru_cache(maxsize=None)
+def wine(seed: int = 0) -> Splits:
+  """scikit-learn's bundled wine data set (178 examples, 13 features, 3 classes)."""
+  return _tabular("load_wine", seed)
+
+
+@functools.lru_cache(maxsize=None)
+def breast_cancer(seed: int = 0) -> Splits:
+  """scikit-learn's bundled breast cancer data set (569 examples, 30 features, 2 classes)."""
+  return _tabular("load_breast_cancer", seed)
+
+
 # Data set name -> loader; every loader takes no required arguments and returns ``Splits``.
 LOADERS: dict[str, Callable[[], Splits]] = {
     "digits": digits,
+    "wine": wine,
+    "breast_cancer": breast_cancer,
+}
+
+# Data sets read from standard files in a directory the user names (see ``lopt.tasks.loaders``).
+FILE_DATA_SETS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")
+
+# Image shape (height, width, channels) of each image data set; rows of ``Split.x`` are these images flattened.
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits": (8, 8, 1),
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
 }
 
 
-def load(name: str) -> Splits:
+def load(name: str, data_dir: str | None = None) -> Splits:
   """Returns the splits of the data set called ``name``.
 
+  Args:
+    name: a bundled data set (``LOADERS``) or a file data set (``FILE_DATA_SETS``).
+    data_dir: the directory holding a file data set's standard files; unused for bundled data sets.
+
   Raises:
-    ValueError: for an unknown name, listing the supported names and the closest match.
+    ValueError: for an unknown name (listing the supported names and the closest match), or a file data set
+      without ``data_dir``.
+    FileNotFoundError, lopt.tasks.loaders.DataFileError: for missing or malformed files, naming the file.
   """
+  if name in FILE_DATA_SETS:
+    if data_dir is None:
+      raise ValueError(f"Data set '{name}' is read from local files: pass data_dir, the directory holding them.")
+    from lopt.tasks import loaders  # pylint: disable=import-outside-toplevel
+
+    return loaders.load_directory(name, data_dir)
   if name not in LOADERS:
-    hint = closest(name, list(LOADERS))
+    supported = sorted([*LOADERS, *FILE_DATA_SETS])
+    hint = closest(name, supported)
     suffix = f" Did you mean '{hint}'?" if hint else ""
-    raise ValueError(f"Unknown data set '{name}'. Supported: {', '.join(sorted(LOADERS))}.{suffix}")
+    raise ValueError(f"Unknown data set '{name}'. Supported: {', '.join(supported)}.{suffix}")
   return LOADERS[name]()
+
+
+def image_shape(name: str) -> tuple[int, int, int]:
+  """The ``(height, width, channels)`` of an image data set; raises ValueError for a non-image data set."""
+  if name not in IMAGE_SHAPES:
+    raise ValueError(f"'{name}' is not an image data set. Image data sets: {', '.join(sorted(IMAGE_SHAPES))}.")
+  return IMAGE_SHAPES[name]
 
 
 def num_classes(splits: Splits) -> int:

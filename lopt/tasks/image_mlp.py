@@ -48,7 +48,7 @@ def _family_name(dataset: str, hidden_sizes: Sequence[int], batch_size: int, act
 
 @register("task_family", "image_mlp")
 def image_mlp(*, hidden_sizes: Sequence[int] = (32,), dataset: str = "digits", batch_size: int = 128,
-              activation: str = "relu") -> TaskFamily:
+              activation: str = "relu", data_dir: str | None = None) -> TaskFamily:
   """MLP classifier (softmax cross-entropy) on a small in-memory image data set.
 
   Args:
@@ -56,6 +56,7 @@ def image_mlp(*, hidden_sizes: Sequence[int] = (32,), dataset: str = "digits", b
     dataset: a name known to ``lopt.tasks.data.load``.
     batch_size: examples per batch.
     activation: one of ``ACTIVATIONS``.
+    data_dir: directory of the standard files for file data sets (``mnist``, ``fashion_mnist``, ``cifar10``).
 
   Returns:
     A family whose ``cfg`` is ``{"init_scale": scalar}`` (log-uniform in ``INIT_SCALE_RANGE``; it multiplies the
@@ -70,7 +71,7 @@ def image_mlp(*, hidden_sizes: Sequence[int] = (32,), dataset: str = "digits", b
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
   hidden_sizes = tuple(int(size) for size in hidden_sizes)
-  splits = data.load(dataset)
+  splits = data.load(dataset, data_dir)
   classes = data.num_classes(splits)
   model = MLP(hidden_sizes=hidden_sizes, num_classes=classes, activation=ACTIVATIONS[activation])
   example_x = splits.train.x[:1]

@@ -1,0 +1,70 @@
+"""Small decoder-only transformer language models over characters."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lopt.registry import register
+from lopt.tasks import text
+from lopt.tasks.base import TaskFamily
+from lopt.tasks.char_rnn import lm_accuracy, lm_loss
+from lopt.tasks.model_family import model_family
+
+
+class TransformerLM(nn.Module):
+  """Token and learned position embeddings, pre-norm causal attention + MLP blocks, final norm, logits."""
+
+  vocab_size: int
+  width: int
+  depth: int
+  num_heads: int
+  max_len: int
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    length = tokens.shape[-1]
+    x = nn.Embed(self.vocab_size, self.width)(tokens)
+    x = x + self.param("positions", nn.initializers.normal(0.02), (self.max_len, self.width))[:length]
+    mask = nn.make_causal_mask(tokens)
+    for _ in range(self.depth):
+      x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads)(nn.LayerNorm()(x), mask=mask)
+      h = nn.Dense(2 * self.width)(nn.LayerNorm()(x))
+      x = x + nn.Dense(self.width)(jax.nn.gelu(h))
+    return nn.Dense(self.vocab_size)(nn.LayerNorm()(x))
+
+
+@register("task_family", "transformer_lm")
+def transformer_lm(*, width: int = 32, depth: int = 1, num_heads: int = 2, seq_len: int = 16,
+                   batch_size: int = 8, corpus: str = "grammar", text_file: str | None = None) -> TaskFamily:
+  """Character-level causal transformer LM trained with next-character cross-entropy.
+
+  Args:
+    width: model width (divisible by ``num_heads``).
+    depth: number of transformer blocks.
+    num_heads: attention heads per block.
+    seq_len: characters per training sequence.
+    batch_size: sequences per batch.
+    corpus: ``"grammar"`` (generated) or ``"file"`` (``text_file``).
+    text_file: path of a UTF-8 text file when ``corpus="file"``.
+
+  Returns:
+    A family whose ``cfg`` is ``{"init_scale": scalar}``; the normaliser is ``log(vocab_size)``.
+  """
+  if width % num_heads or min(width, depth, num_heads, seq_len, batch_size) < 1:
+    raise ValueError(f"Need positive sizes and width divisible by num_heads, got {width} and {num_heads}.")
+  corpus_data = text.load_text(corpus, text_file)
+  vocab_size = len(corpus_data.vocab)
+  model = TransformerLM(vocab_size=vocab_size, width=width, depth=depth, num_heads=num_heads, max_len=seq_len)
+
+  def batch(key, split):
+    return text.sample_sequences(getattr(corpus_data, split), key, batch_size, seq_len)
+
+  name = f"transformer_lm_{corpus}_w{width}_d{depth}_h{num_heads}_t{seq_len}_b{batch_size}"
+  if corpus == "file":
+    name += f"_{text_file}"
+  return model_family(name=name, model=model, example_input=jnp.zeros((1, seq_len), jnp.int32), batch=batch,
+                      loss=lm_loss, normalizer=math.log(vocab_size), accuracy=lm_accuracy)
