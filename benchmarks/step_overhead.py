@@ -2,6 +2,9 @@
 
   python benchmarks/step_overhead.py --repeats=30 --out=/tmp/step_overhead.json
 
+Entries of ``--optimizers`` are registered architecture names, optionally with factory arguments after a colon,
+e.g. ``--optimizers=adam,ff,ff:hidden_sizes=(8,)``.
+
 A step is forward, backward and optimizer update of a 784-1024-256-10 MLP (1.07M parameters) at batch 128. Each
 optimizer is timed as the median of ``--repeats`` runs after warm-up; ``optax.adam`` is timed in the same run
 (interleaved rounds, so load from other processes affects every optimizer alike) and every time is reported as a
@@ -11,6 +14,7 @@ ratio to it. ``state_floats_per_param`` counts the optimizer state's scalars per
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -48,12 +52,33 @@ def _loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(x, y).mean()
 
 
+def _build(entry: str):
+  """``name`` or ``name:arg=value;arg=value`` (values are Python literals) -> LearnedOptimizer."""
+  name, _, args = entry.partition(":")
+  kwargs = {}
+  for item in filter(None, args.split(";")):
+    key, _, value = item.partition("=")
+    kwargs[key.strip()] = ast.literal_eval(value.strip())
+  return registry.lookup("architecture", name)(**kwargs)
+
+
 def _make_step(tx: optax.GradientTransformationExtraArgs):
   def step(params, opt_state, x, y):
     loss, grads = jax.value_and_grad(_loss)(params, x, y)
     updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
     return optax.apply_updates(params, updates), opt_state, loss
   return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _rejoin(parts: list[str]) -> list[str]:
+  """Rejoins pieces of one entry that a comma inside parentheses split apart."""
+  out: list[str] = []
+  for part in parts:
+    if out and out[-1].count("(") > out[-1].count(")"):
+      out[-1] += "," + part
+    else:
+      out.append(part)
+  return out
 
 
 def main() -> None:
@@ -63,7 +88,8 @@ def main() -> None:
   parser.add_argument("--steps_per_repeat", type=int, default=3)
   parser.add_argument("--out", default="step_overhead.json")
   args = parser.parse_args()
-  names = [n for n in args.optimizers.split(",") if n]
+  names = [n for n in args.optimizers.split(",") if n]  # a comma inside "(8,)" is rejoined below
+  names = _rejoin(names)
   if "adam" not in names:
     names.insert(0, "adam")
 
@@ -75,7 +101,7 @@ def main() -> None:
 
   runners = {}
   for name in names:
-    arch = registry.lookup("architecture", name)()
+    arch = _build(name)
     tx = arch.optimizer(arch.init(jax.random.key(3)), num_steps=10_000)
     state = tx.init(params0)
     floats = sum(np.size(s) for s in jax.tree.leaves(state))
@@ -99,13 +125,13 @@ def main() -> None:
   adam_ms = 1e3 * float(np.median(times["adam"]))
   results = []
   print(f"{num_params} parameters, batch {BATCH}, median of {args.repeats} x {args.steps_per_repeat} steps")
-  print(f"{'optimizer':<14} {'ms/step':>9} {'x adam':>8} {'state floats/param':>20}")
+  print(f"{'optimizer':<26} {'ms/step':>9} {'x adam':>8} {'state floats/param':>20}")
   for name in names:
     ms = 1e3 * float(np.median(times[name]))
     row = {"optimizer": name, "ms_per_step": ms, "ratio_to_adam": ms / adam_ms,
            "state_floats_per_param": runners[name][2]}
     results.append(row)
-    print(f"{name:<14} {ms:>9.2f} {ms / adam_ms:>8.2f} {row['state_floats_per_param']:>20.2f}")
+    print(f"{name:<26} {ms:>9.2f} {ms / adam_ms:>8.2f} {row['state_floats_per_param']:>20.2f}")
   with open(args.out, "w") as f:
     json.dump({"num_params": int(num_params), "batch": BATCH, "repeats": args.repeats,
                "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
