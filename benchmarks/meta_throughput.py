@@ -20,6 +20,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Forced host devices must be set before jax starts; parse that one flag early.
+_DEVICES = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--host_devices=")), 1)
+if _DEVICES > 1:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={_DEVICES}")
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -29,6 +35,25 @@ from lopt.meta_trainers import unroll as unroll_lib  # noqa: E402
 from lopt.tasks import image_mlp, quadratic  # noqa: E402
 
 NUM_TASKS, TRUNCATION, HORIZON = 8, 10, 200
+
+
+def _shard_tasks(state, num_tasks: int):
+  """Splits every leaf along its first axis of length ``num_tasks`` over the host devices (GSPMD does the rest)."""
+  devices = jax.devices()
+  if len(devices) == 1:
+    return state
+  mesh = jax.sharding.Mesh(np.array(devices), ("tasks",))
+
+  def place(x):
+    shape = np.shape(x)
+    axes = [i for i, n in enumerate(shape) if n == num_tasks and n % len(devices) == 0]
+    if not axes or not hasattr(x, "dtype") or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    spec = [None] * len(shape)
+    spec[axes[0]] = "tasks"
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+
+  return jax.tree.map(place, state)
 
 
 def _families():
@@ -61,7 +86,7 @@ def _plain(arch, family, num_problems):
         s, jax.random.split(key, num_problems))
     return s, losses.mean()
 
-  return jax.jit(step), state
+  return jax.jit(step), _shard_tasks(state, num_problems)
 
 
 def _estimator_call(estimator, arch, family):
@@ -73,7 +98,7 @@ def _estimator_call(estimator, arch, family):
     grad, s, metrics = estimator.estimate(theta, s, key, **kw)
     return s, (grad, metrics["meta_loss"])
 
-  return jax.jit(step), state
+  return jax.jit(step), _shard_tasks(state, estimator.num_tasks)
 
 
 def _timed(fn, state, key):
@@ -89,6 +114,8 @@ def main() -> None:
   parser.add_argument("--calls", type=int, default=5, help="timed calls per method per round")
   parser.add_argument("--estimators", default="", help="comma-separated subset (default: all)")
   parser.add_argument("--families", default="", help="comma-separated subset (default: all)")
+  parser.add_argument("--host_devices", type=int, default=1,
+                      help="forced host CPU devices; tasks are sharded over them (use the number of cores)")
   parser.add_argument("--output", default="", help="write the results as JSON here")
   args = parser.parse_args()
 

@@ -227,3 +227,24 @@ def test_estimator_gin_files_build(clean_gin):
     config.parse([path])
     estimator = gin.query_parameter("meta_train.estimator").scoped_configurable_fn()
     assert estimator.num_tasks >= 1, path
+
+
+@pytest.mark.slow  # two meta_train compilations: ~20-40 s on 2 cores
+@pytest.mark.parametrize("make", [
+    lambda: combined.combined(estimators=[tbptt.tbptt(num_tasks=2, truncation_length=5, horizon=10),
+                                          es.es(num_tasks=2, num_pairs=2, truncation_length=5, horizon=10)]),
+], ids=["combined_tbptt_es"])
+def test_meta_train_checkpoints_and_resumes_with_estimator(make, tmp_path):
+  from lopt.architectures import ff  # pylint: disable=import-outside-toplevel
+  from lopt.meta_trainers import outer_loop  # pylint: disable=import-outside-toplevel
+  from lopt.tasks import fixed  # pylint: disable=import-outside-toplevel
+
+  def run(num_steps):
+    return outer_loop.meta_train(task_sampler=fixed(quadratic(dim=3)), architecture=ff.ff(hidden_sizes=(4,)),
+                                 estimator=make(), num_outer_steps=num_steps, workdir=str(tmp_path),
+                                 wandb_mode="disabled", log_every=1, checkpoint_every=1)
+
+  run(1)
+  result = run(2)  # resumes the (tuple) estimator state from the checkpoint
+  assert result.step == 2 and "masked_tasks" in result.metrics
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(result.theta))
