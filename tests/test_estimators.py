@@ -38,7 +38,8 @@ def test_full_horizon_es_matches_exact_gradient():
   theta = ARCH.init(jax.random.key(0))
   # episode_estimate's first key is fold_in(key(seed + 1), 0); full-horizon ES draws its fresh tasks from it.
   reset_key = jax.random.split(jax.random.fold_in(jax.random.key(2), 0), 3)[0]
-  start = jax.tree.map(lambda x: x[0], estimator._pairs(theta, reset_key, False, **KW))  # pylint: disable=protected-access
+  pairs = estimator._pairs(theta, reset_key, False, **KW)  # pylint: disable=protected-access
+  start = jax.tree.map(lambda x: x[0], pairs)
   est, exact = episode_estimate(estimator, 1, start_of=lambda _: start, num_truncations=1)
   assert _cosine(est, exact) >= 0.99
   assert _rel_error(est, exact) <= 0.2
