@@ -24,6 +24,8 @@ BINDINGS = [
 ESTIMATORS = {
     "pes": ["meta_train.estimator = @estimators.pes()", "estimators.pes.num_tasks = 2",
             "estimators.pes.truncation_length = 5", "estimators.pes.horizon = 20"],
+    "tbptt": ["meta_train.estimator = @estimators.tbptt()", "estimators.tbptt.num_tasks = 2",
+              "estimators.tbptt.truncation_length = 5", "estimators.tbptt.horizon = 20"],
 }
 
 
