@@ -19,7 +19,8 @@ def test_meta_training_on_a_four_family_mixture_lowers_meta_loss(tmp_path):
       tasks.quadratic(8, min_scale=0.01, max_scale=100.0, noise_std=0.1),
       tasks.classic_2d("rosenbrock"),
       tasks.image_mlp(hidden_sizes=(16,), batch_size=32),
-      tasks.char_rnn(hidden_size=16, embed_size=8, seq_len=8, batch_size=8),
+      # char_rnn is left out: PES meta-training on it deadlocks inside XLA on CPU (see docs/tasks.md).
+      tasks.autoencoder(hidden_sizes=(16, 4), batch_size=32),
   ])
   result = outer_loop.meta_train(
       task_sampler=sampler, architecture=ff.ff(hidden_sizes=(16,)),
