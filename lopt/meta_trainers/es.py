@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from lopt.architectures.base import LearnedOptimizer
-from lopt.meta_trainers import antithetic, objectives, truncation
+from lopt.meta_trainers import antithetic, truncation
 from lopt.meta_trainers import unroll as unroll_lib
-from lopt.meta_trainers.base import GradientEstimator
 from lopt.registry import register
 from lopt.tasks.base import TaskFamily
 from lopt.types import MetaParams, PRNGKey
@@ -35,7 +34,7 @@ class ESState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class ES(GradientEstimator):
+class ES(truncation.TruncatedEstimator):
   """Antithetic ES.
 
   Attributes:
@@ -76,18 +75,7 @@ class ES(GradientEstimator):
                        f"{self.num_tasks_}, {self.num_pairs} and {self.std}.")
     if self.full_horizon and self.schedule != "constant":
       raise ValueError(f"es with full_horizon needs the 'constant' schedule, got '{self.schedule}'.")
-    objectives.check(self.objective, self.meta_loss_split)
-    object.__setattr__(self, "horizon", truncation.round_horizon(self.horizon, self.truncation_length))
-    self.truncation_schedule  # pylint: disable=pointless-statement
-
-  @property
-  def num_tasks(self) -> int:
-    return self.num_tasks_
-
-  @property
-  def truncation_schedule(self) -> truncation.TruncationSchedule:
-    return truncation.make(self.schedule, truncation_length=self.truncation_length, horizon=self.horizon,
-                           min_horizon=self.min_horizon)
+    self._check_truncation()
 
   def _pairs(self, theta, key, stagger, **kw) -> unroll_lib.TaskState:
     return antithetic.init_pairs(theta, key, self.truncation_schedule, num_tasks=self.num_tasks,

@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from lopt.architectures.base import LearnedOptimizer
-from lopt.meta_trainers import antithetic, objectives, truncation
+from lopt.meta_trainers import antithetic, truncation
 from lopt.meta_trainers import unroll as unroll_lib
-from lopt.meta_trainers.base import GradientEstimator
 from lopt.registry import register
 from lopt.tasks.base import TaskFamily
 from lopt.types import MetaParams, PRNGKey
@@ -35,7 +34,7 @@ class PESState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class PES(GradientEstimator):
+class PES(truncation.TruncatedEstimator):
   """Antithetic PES over truncated unrolls.
 
   Attributes:
@@ -70,18 +69,7 @@ class PES(GradientEstimator):
   def __post_init__(self):
     if self.num_tasks_ < 1 or self.std <= 0:
       raise ValueError(f"pes needs num_tasks >= 1 and std > 0, got {self.num_tasks_} and {self.std}.")
-    objectives.check(self.objective, self.meta_loss_split)
-    object.__setattr__(self, "horizon", truncation.round_horizon(self.horizon, self.truncation_length))
-    self.truncation_schedule  # validates the schedule's arguments early  # pylint: disable=pointless-statement
-
-  @property
-  def num_tasks(self) -> int:
-    return self.num_tasks_
-
-  @property
-  def truncation_schedule(self) -> truncation.TruncationSchedule:
-    return truncation.make(self.schedule, truncation_length=self.truncation_length, horizon=self.horizon,
-                           min_horizon=self.min_horizon)
+    self._check_truncation()
 
   def init(self, theta: MetaParams, key: PRNGKey, *, task_family: TaskFamily,
            learned_optimizer: LearnedOptimizer) -> PESState:

@@ -17,14 +17,13 @@ import jax.numpy as jnp
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import objectives, truncation
 from lopt.meta_trainers import unroll as unroll_lib
-from lopt.meta_trainers.base import GradientEstimator
 from lopt.registry import register
 from lopt.tasks.base import TaskFamily
 from lopt.types import MetaParams, PRNGKey
 
 
 @dataclasses.dataclass(frozen=True)
-class TBPTT(GradientEstimator):
+class TBPTT(truncation.TruncatedEstimator):
   """Truncated backprop over a batch of persistent tasks.
 
   Attributes:
@@ -54,18 +53,7 @@ class TBPTT(GradientEstimator):
   def __post_init__(self):
     if self.num_tasks_ < 1:
       raise ValueError(f"tbptt needs num_tasks >= 1, got {self.num_tasks_}.")
-    objectives.check(self.objective, self.meta_loss_split)
-    object.__setattr__(self, "horizon", truncation.round_horizon(self.horizon, self.truncation_length))
-    self.truncation_schedule  # pylint: disable=pointless-statement
-
-  @property
-  def num_tasks(self) -> int:
-    return self.num_tasks_
-
-  @property
-  def truncation_schedule(self) -> truncation.TruncationSchedule:
-    return truncation.make(self.schedule, truncation_length=self.truncation_length, horizon=self.horizon,
-                           min_horizon=self.min_horizon)
+    self._check_truncation()
 
   def init(self, theta: MetaParams, key: PRNGKey, *, task_family: TaskFamily,
            learned_optimizer: LearnedOptimizer) -> unroll_lib.TaskState:

@@ -15,6 +15,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from lopt.meta_trainers import objectives
+from lopt.meta_trainers.base import GradientEstimator
 from lopt.types import PRNGKey
 
 # A "never-ending" episode: long enough that no run reaches it, small enough for int32 step counters.
@@ -121,3 +123,27 @@ def make(name: str, *, truncation_length: int, horizon: int, min_horizon: int | 
   if name == "never_ending":
     return never_ending(truncation_length)
   raise ValueError(f"Unknown truncation schedule '{name}'. Schedules: {', '.join(SCHEDULES)}.")
+
+
+class TruncatedEstimator(GradientEstimator):
+  """Truncation settings shared by estimators that step persistent tasks K steps at a time.
+
+  Subclasses are frozen dataclasses with the fields ``num_tasks_``, ``truncation_length``, ``horizon``,
+  ``schedule``, ``min_horizon``, ``objective`` and ``meta_loss_split``; their ``__post_init__`` calls
+  ``_check_truncation`` after checking their own fields.
+  """
+
+  @property
+  def num_tasks(self) -> int:
+    return self.num_tasks_
+
+  @property
+  def truncation_schedule(self) -> TruncationSchedule:
+    return make(self.schedule, truncation_length=self.truncation_length, horizon=self.horizon,
+                min_horizon=self.min_horizon)
+
+  def _check_truncation(self) -> None:
+    """Validates the objective and schedule early and rounds the horizon up to a multiple of K."""
+    objectives.check(self.objective, self.meta_loss_split)
+    object.__setattr__(self, "horizon", round_horizon(self.horizon, self.truncation_length))
+    self.truncation_schedule  # pylint: disable=pointless-statement

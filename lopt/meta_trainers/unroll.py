@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.architectures.base import LearnedOptimizer
-from lopt.meta_trainers.truncation import TruncationSchedule, round_horizon  # noqa: F401  (re-exported)
+from lopt.meta_trainers.truncation import TruncationSchedule
 from lopt.tasks.base import SPLITS, TaskFamily
 from lopt.types import MetaParams, Params, PRNGKey, PyTree
 

@@ -8,12 +8,12 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from lopt.registry import register
 from lopt.tasks import data
 from lopt.tasks.base import TaskFamily
-from lopt.tasks.model_family import check_activation, model_family
+from lopt.tasks.model_family import (check_activation, classification_accuracy, classification_loss,
+                                      model_family)
 
 
 class ConvNet(nn.Module):
@@ -59,15 +59,7 @@ def image_conv(*, channels: Sequence[int] = (8, 16), dataset: str = "digits", ba
     x, y = data.sample_batch(getattr(splits, split), key, batch_size)
     return x.reshape((batch_size, *shape)), y
 
-  def loss(apply, params, key, examples):
-    del key  # Deterministic model.
-    x, y = examples
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y))
-
-  def accuracy(apply, params, examples):
-    x, y = examples
-    return jnp.mean(jnp.argmax(apply(params, x), axis=-1) == y)
-
   name = f"image_conv_{dataset}_c{'x'.join(map(str, channels))}_b{batch_size}_{activation}"
-  return model_family(name=name, model=model, example_input=jnp.zeros((1, *shape)), batch=batch, loss=loss,
-                      normalizer=math.log(classes), accuracy=accuracy)
+  return model_family(name=name, model=model, example_input=jnp.zeros((1, *shape)), batch=batch,
+                      loss=classification_loss, normalizer=math.log(classes),
+                      accuracy=classification_accuracy)

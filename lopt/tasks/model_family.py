@@ -13,6 +13,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from lopt.tasks.base import SPLITS, Task, TaskFamily
 from lopt.types import Batch, Params, PRNGKey, PyTree
@@ -38,6 +39,21 @@ def check_activation(activation: str) -> Callable[[jax.Array], jax.Array]:
 def sample_init_scale(key: PRNGKey) -> PyTree:
   low, high = INIT_SCALE_RANGE
   return {"init_scale": jnp.exp(jax.random.uniform(key, (), minval=math.log(low), maxval=math.log(high)))}
+
+
+def classification_loss(apply: Callable[..., Any], params: Params, key: PRNGKey,
+                        examples: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """Mean softmax cross-entropy of a deterministic classifier (``key`` unused: no dropout)."""
+  del key
+  x, y = examples
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y))
+
+
+def classification_accuracy(apply: Callable[..., Any], params: Params,
+                            examples: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """Fraction of examples whose highest logit is the label."""
+  x, y = examples
+  return jnp.mean(jnp.argmax(apply(params, x), axis=-1) == y)
 
 
 def model_family(*, name: str, model: nn.Module, example_input: Any,
