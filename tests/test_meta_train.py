@@ -54,6 +54,26 @@ def test_final_evaluation_is_called(tmp_path):
   assert set(seen) == {"theta", "init_theta", "architecture", "task_sampler", "workdir"}
 
 
+def test_meta_eval_runs_periodically_and_is_logged(tmp_path):
+  calls = []
+
+  def meta_eval(*, theta, step, architecture, task_sampler):
+    del architecture, task_sampler
+    calls.append(step)
+    return {"score": float(sum(np.sum(x) for x in jax.tree.leaves(theta)))}
+
+  _run(tmp_path, 5, meta_eval=meta_eval, meta_eval_every=2)
+  assert calls == [2, 4, 5]
+  logged = [line for line in writers.read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+            if "meta_eval/score" in line]
+  assert [line["step"] for line in logged] == [2, 4, 5]
+
+
+def test_meta_eval_every_without_function_is_an_error(tmp_path):
+  with pytest.raises(ValueError, match="meta_eval"):
+    _run(tmp_path, 2, meta_eval_every=2)
+
+
 def test_unwritable_workdir_is_named(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("x")

@@ -100,6 +100,7 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
                meta_optimizer: optax.GradientTransformation | None = None, log_every: int = 10,
                checkpoint_every: int = 100, keep_checkpoints: int = 3, wandb_mode: str = "offline",
                config_text: str | None = None, final_evaluation: Callable[..., Any] | None = None,
+               meta_eval: Callable[..., Mapping[str, float]] | None = None, meta_eval_every: int = 0,
                handle_signals: bool = True) -> MetaTrainResult:
   """Meta-trains ``architecture`` on tasks from ``task_sampler`` with ``estimator``.
 
@@ -118,15 +119,22 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
     config_text: the gin config of the run, recorded as the wandb run config.
     final_evaluation: optional ``fn(theta=..., init_theta=..., architecture=..., task_sampler=..., workdir=...)``
       called at the end (e.g. ``lopt.evaluation.heldout_comparison``); its result is returned.
+    meta_eval: optional ``fn(theta=..., step=..., architecture=..., task_sampler=...) -> {name: float}`` run every
+      ``meta_eval_every`` outer steps (and at the last step) on held-out tasks; its scalars are written with a
+      ``meta_eval/`` prefix through the same writers as the training metrics.
+    meta_eval_every: outer steps between ``meta_eval`` calls; 0 disables it.
     handle_signals: on SIGTERM/SIGINT, finish the current step, write a checkpoint and return with
       ``interrupted=True`` (only when called from the main thread).
 
   Returns:
     A ``MetaTrainResult``.
   """
-  if num_outer_steps < 0 or log_every < 1 or checkpoint_every < 1:
-    raise ValueError("num_outer_steps must be >= 0 and log_every, checkpoint_every >= 1; got "
-                     f"{num_outer_steps}, {log_every}, {checkpoint_every}.")
+  if num_outer_steps < 0 or log_every < 1 or checkpoint_every < 1 or meta_eval_every < 0:
+    raise ValueError("num_outer_steps, meta_eval_every must be >= 0 and log_every, checkpoint_every >= 1; got "
+                     f"{num_outer_steps}, {meta_eval_every}, {log_every}, {checkpoint_every}.")
+  if meta_eval_every and meta_eval is None:
+    raise ValueError(f"meta_eval_every={meta_eval_every} needs a meta_eval function (e.g. "
+                     "@periodic_meta_eval()).")
   checkpoints.ensure_writable_dir(workdir)
   meta_optimizer = meta_optimizer or default_meta_optimizer()
   base_key = jax.random.key(seed)
@@ -178,6 +186,9 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
           last_metrics.update(_progress(done, start_step, num_outer_steps, start_time))
           writer.write_scalars(done, last_metrics)
           pending = []
+        if meta_eval is not None and meta_eval_every and (done % meta_eval_every == 0 or done == num_outer_steps):
+          scores = meta_eval(theta=theta, step=done, architecture=architecture, task_sampler=task_sampler)
+          writer.write_scalars(done, {f"meta_eval/{k}": float(v) for k, v in scores.items()})
         if stop_requested:
           save(done)
           logging.warning("Stopped at step %d; a checkpoint is written and the run resumes from it.", done)
