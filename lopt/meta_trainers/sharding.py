@@ -180,13 +180,14 @@ def to_host(tree: PyTree) -> PyTree:
   remote = [i for i, x in enumerate(leaves)
             if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated]
   gathered = multihost_utils.process_allgather([leaves[i] for i in remote], tiled=True) if remote else []
+  gathered = dict(zip(remote, gathered))
   out = []
-  for leaf in leaves:
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and leaf.is_fully_replicated:
-      leaf = leaf.addressable_data(0)
+  for i, leaf in enumerate(leaves):
+    if i in gathered:
+      leaf = gathered[i]
+    elif isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      leaf = leaf.addressable_data(0)  # fully replicated: the local copy is the whole value
     out.append(np.asarray(leaf) if isinstance(leaf, (jax.Array, np.ndarray, np.generic)) else leaf)
-  for i, value in zip(remote, gathered):
-    out[i] = np.asarray(value)
   return jax.tree.unflatten(treedef, out)
 
 
