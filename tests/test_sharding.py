@@ -19,9 +19,10 @@ from lopt.tasks import quadratic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# theta after one step on 8 devices vs 1 device. The meta-optimizer is sgd(1.0), so the theta difference is the
-# meta-gradient difference: only the order of the float32 sums over tasks differs (a tree all-reduce over devices).
-RTOL, ATOL = 1e-5, 1e-6
+# The update of theta in one step on 8 devices vs 1 device, relative to the largest update entry. The meta-optimizer
+# is sgd(1.0), so the update is minus the meta-gradient: only the order of the float32 sums over tasks differs (an
+# all-reduce over devices). Measured: below 1e-7 of the largest entry (pes 4e-8, tbptt 2e-9).
+TOLERANCE = 1e-5
 
 _CHILD = r"""
 import json, sys
@@ -36,18 +37,20 @@ out = {"devices": jax.device_count()}
 estimators = {"pes": lambda n: pes.pes(num_tasks=n, truncation_length=4, horizon=16),
               "tbptt": lambda n: tbptt.tbptt(num_tasks=n, truncation_length=4, horizon=16)}
 
-def run(workdir, name, num_tasks, num_devices):
+def run(workdir, name, num_tasks, num_devices, num_outer_steps=1):
   return outer_loop.meta_train(
       task_sampler=fixed(quadratic(dim=4)), architecture=ff.ff(hidden_sizes=(8,)),
-      estimator=estimators[name](num_tasks), num_outer_steps=1, workdir=workdir, wandb_mode="disabled",
-      meta_optimizer=optax.sgd(1.0), num_devices=num_devices, handle_signals=False)
+      estimator=estimators[name](num_tasks), num_outer_steps=num_outer_steps, workdir=workdir,
+      wandb_mode="disabled", meta_optimizer=optax.sgd(1.0), num_devices=num_devices, handle_signals=False)
 
+theta = run(f"{sys.argv[1]}/init", "pes", 8, 1, num_outer_steps=0).theta
+out["init"] = [np.asarray(x, np.float64).ravel().tolist() for x in jax.tree.leaves(theta)]
 for name in estimators:
   for n in (1, 8):
     theta = run(f"{sys.argv[1]}/{name}_{n}", name, 8, n).theta
     out[f"{name}_{n}"] = [np.asarray(x, np.float64).ravel().tolist() for x in jax.tree.leaves(theta)]
 # Default device count: the largest that divides the task batch (6 tasks on 8 devices: 6).
-run(f"{sys.argv[1]}/default_6", "tbptt", 6, None)
+run(f"{sys.argv[1]}/default_6", "tbptt", 6, None, num_outer_steps=0)
 for bad in (3, 16):
   try:
     run(f"{sys.argv[1]}/bad_{bad}", "tbptt", 8, bad)
@@ -73,13 +76,12 @@ def test_eight_devices_match_one_device(eight_devices, estimator):
   report, log = eight_devices
   assert report["devices"] == 8
   assert "Splitting 8 tasks over 8 cpu device(s)" in log and "Splitting 8 tasks over 1 cpu device(s)" in log
-  one, eight = report[f"{estimator}_1"], report[f"{estimator}_8"]
-  assert len(one) == len(eight) > 0
-  moved = False
-  for a, b in zip(one, eight):
-    np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
-    moved |= bool(np.any(np.asarray(a) != 0))
-  assert moved
+  init = np.concatenate(report["init"])
+  one = np.concatenate(report[f"{estimator}_1"]) - init
+  eight = np.concatenate(report[f"{estimator}_8"]) - init
+  scale = np.max(np.abs(one))
+  assert scale > 0  # theta moved
+  np.testing.assert_allclose(eight, one, rtol=0, atol=TOLERANCE * scale)
 
 
 def test_default_device_count_divides_task_batch(eight_devices):
