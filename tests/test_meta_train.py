@@ -99,3 +99,15 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   assert result.step == 6
   steps = [line["step"] for line in writers.read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))]
   assert steps == [2, 4, 6]  # resumed from step 2: the records of steps 3-4 were dropped and logged again
+
+
+def test_more_devices_than_present_is_an_error_naming_both_counts(tmp_path):
+  too_many = jax.device_count() + 1
+  with pytest.raises(ValueError, match=f"num_devices={too_many} but only {jax.device_count()} devices"):
+    _run(tmp_path, 2, num_devices=too_many)
+  assert checkpoints.latest_step(os.path.join(tmp_path, "checkpoints")) is None  # stopped before any work
+
+
+def test_meta_train_returns_host_arrays(tmp_path):
+  result = _run(tmp_path, 1)
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(result.theta))
