@@ -36,11 +36,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   # Both must happen before JAX starts its backends.
-  sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                  auto_detect=_DISTRIBUTED.value)
   cores = sharding.use_all_cpu_cores()
   if cores:
     logging.info("Using %d host CPU devices (one per core); set XLA_FLAGS to choose another count.", cores)
+  sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  auto_detect=_DISTRIBUTED.value)
   try:
     config.parse(_GIN_CONFIG.value, _GIN_BINDINGS.value)
     checkpoints.ensure_writable_dir(_WORKDIR.value)

@@ -64,9 +64,9 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   # jax's CPU collectives default to gloo (``jax_cpu_collectives_implementation``); an explicit "mpi" is kept.
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id)
-  logging.info("jax.distributed: process %d of %d, %d local and %d global devices, CPU collectives: %s.",
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.config.jax_cpu_collectives_implementation)
+  # Device counts are logged by ``describe``: asking for them here would start the backends.
+  logging.info("jax.distributed started (coordinator %s, CPU collectives: %s).",
+               coordinator_address or "detected", jax.config.jax_cpu_collectives_implementation)
   return True
 
 
