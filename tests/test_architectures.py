@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import lopt.architectures  # noqa: F401  registers every architecture.
+from lopt.architectures import ff as ff_lib
 from lopt import registry
 from lopt.meta_trainers import unroll as unroll_lib
 from lopt.tasks import quadratic
@@ -108,3 +109,44 @@ def test_valid_loss_is_optional_for_per_tensor():
   assert float(s2.valid_loss["seen"]) == 1.0 and float(s1.valid_loss["seen"]) == 0.0
   for a in jax.tree.leaves(with_valid):
     assert np.all(np.isfinite(np.asarray(a)))
+
+
+def _ff_updates(arch, grads_list, params):
+  tx = arch.optimizer(arch.init(jax.random.key(1)), num_steps=NUM_STEPS)
+  state = tx.init(params)
+  step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+  for grads in grads_list:
+    updates, state = step(params, state, grads)
+  return updates
+
+
+def _random_grads(params, num_steps, scale=1.0):
+  keys = jax.random.split(jax.random.key(7), num_steps)
+  return [jax.tree.map(lambda p: (scale * jax.random.normal(k, p.shape)).astype(jnp.float32), params)
+          for k in keys]
+
+
+def test_ff_elementwise_and_chunked_matmul_evaluations_agree():
+  # The two ways of evaluating ff's per-parameter MLP compute one function; a chunk size of 7 makes the matmul
+  # form pad and loop over chunks of the 30- and 24-element tensors.
+  params = _params(low=jnp.float32)
+  grads = _random_grads(params, 3)
+  fused = _ff_updates(ff_lib.ff(hidden_sizes=(8, 8), evaluation="elementwise", output_init_scale=0.3), grads,
+                      params)
+  chunked = _ff_updates(ff_lib.ff(hidden_sizes=(8, 8), evaluation="matmul", chunk_size=7, output_init_scale=0.3),
+                        grads, params)
+  for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(chunked)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-9)
+  with pytest.raises(ValueError, match="evaluation"):
+    ff_lib.ff(evaluation="loop")
+
+
+def test_ff_is_invariant_to_the_gradient_scale():
+  # Its inputs are normalised per tensor and its nominal step is Adam's, so multiplying every gradient by 1000
+  # leaves the update unchanged (up to epsilon), with an MLP far from its near-zero initial output layer.
+  params = _params(low=jnp.float32)
+  arch = ff_lib.ff(output_init_scale=0.3)
+  small = _ff_updates(arch, _random_grads(params, 3, scale=1.0), params)
+  large = _ff_updates(arch, _random_grads(params, 3, scale=1e3), params)
+  for a, b in zip(jax.tree.leaves(small), jax.tree.leaves(large)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-9)

@@ -15,18 +15,12 @@ DEFAULT_DECAYS: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
 DEFAULT_TIMESCALES: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
-def update_moments(momenta: jax.Array, rms: jax.Array, grad: jax.Array, decays: jax.Array,
-                   rms_decay: float) -> tuple[jax.Array, jax.Array]:
-  """Exponential moving averages of the gradient (one per decay, stacked first) and of its square."""
-  decays = decays.reshape((-1,) + (1,) * grad.ndim)
-  momenta = decays * momenta + (1.0 - decays) * grad[None]
+def update_moments(momenta: Sequence[jax.Array], rms: jax.Array, grad: jax.Array, decays: Sequence[float],
+                   rms_decay: float) -> tuple[list[jax.Array], jax.Array]:
+  """Exponential moving averages of the gradient (one array per decay) and of its square."""
+  momenta = [d * m + (1.0 - d) * grad for d, m in zip(decays, momenta)]
   rms = rms_decay * rms + (1.0 - rms_decay) * jnp.square(grad)
   return momenta, rms
-
-
-def tensor_normalize(x: jax.Array, axes: Sequence[int], eps: float = 1e-8) -> jax.Array:
-  """Divides ``x`` by its root-mean-square over ``axes`` (the parameter axes of one tensor)."""
-  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=tuple(axes), keepdims=True) + eps)
 
 
 def progress_features(step: jax.Array, num_steps: jax.Array | int,
@@ -38,22 +32,39 @@ def progress_features(step: jax.Array, num_steps: jax.Array | int,
   return jnp.concatenate([jnp.stack([frac, 1.0 - frac]), jnp.tanh(step / scales)])
 
 
-def per_parameter_features(param: jax.Array, grad: jax.Array, momenta: jax.Array, rms: jax.Array,
-                           eps: float = 1e-8) -> jax.Array:
-  """Per-tensor-normalised features of one tensor, shape ``(*param.shape, num_features)``.
+def num_per_parameter_features(num_decays: int) -> int:
+  """Number of arrays ``per_parameter_features`` returns for ``num_decays`` momenta."""
+  return 3 + 2 * num_decays
 
-  Features: parameter, gradient, each momentum, 1/sqrt(rms) and each momentum divided by sqrt(rms). Each is
-  normalised by its RMS over the tensor so the network sees the same scale whatever the tensor's scale.
+
+def per_parameter_features(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.Array], rms: jax.Array,
+                           eps: float = 1e-8) -> list[jax.Array]:
+  """Raw per-parameter features: parameter, gradient, each momentum, 1/sqrt(rms) and each momentum times it.
+
+  Elementwise (any shape: a tensor or a chunk of one), so XLA fuses them with whatever consumes them. Multiplied by
+  ``feature_scales`` of the whole tensor they become scale-free inputs (each has RMS 1 over its tensor).
   """
   inv_rms = jax.lax.rsqrt(rms + eps)
-  raw = [param, grad, *momenta, inv_rms, *(momenta * inv_rms[None])]
-  stacked = jnp.stack([x.astype(jnp.float32) for x in raw], axis=-1)
-  return tensor_normalize(stacked, axes=range(param.ndim))
+  return [param.astype(jnp.float32), grad, *momenta, inv_rms, *(m * inv_rms for m in momenta)]
 
 
-def num_per_parameter_features(num_decays: int) -> int:
-  """Length of the last axis of ``per_parameter_features``."""
-  return 3 + 2 * num_decays
+def feature_scales(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.Array], rms: jax.Array,
+                   eps: float = 1e-8) -> jax.Array:
+  """Per-tensor normalisers of ``per_parameter_features``: 1/RMS of each over the whole tensor.
+
+  The mean squares are written as sums of products of the state arrays (``mean(m**2 / (rms + eps))`` rather than
+  ``mean((m * rsqrt(rms + eps))**2)``): XLA:CPU reduces such products in one pass without writing the product
+  out, whereas reducing a feature that the update loop also computes made it materialise the feature, one
+  tensor-sized temporary per feature.
+
+  Returns:
+    Shape ``(num_per_parameter_features(len(momenta)),)``.
+  """
+  inv_sq = 1.0 / (rms + eps)
+  mean_squares = [jnp.mean(jnp.square(param.astype(jnp.float32))), jnp.mean(jnp.square(grad)),
+                  *(jnp.mean(jnp.square(m)) for m in momenta), jnp.mean(inv_sq),
+                  *(jnp.mean((m * inv_sq) * m) for m in momenta)]
+  return jax.lax.rsqrt(jnp.stack(mean_squares) + eps)
 
 
 def clip_gradient(grad: jax.Array, limit: float = 1e18) -> jax.Array:
@@ -178,21 +189,6 @@ def tensor_statistics(param: jax.Array, grad: jax.Array, momentum: jax.Array, rm
 
 
 NUM_TENSOR_STATISTICS = 5
-
-
-# --- Chunk-friendly form of ``per_parameter_features`` ----------------------------------------------------------
-
-
-def raw_parameter_features(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.Array], rms: jax.Array,
-                           eps: float = 1e-8) -> list[jax.Array]:
-  """The un-normalised features of ``per_parameter_features``, as a list (works on any shape, e.g. a chunk)."""
-  inv_rms = jax.lax.rsqrt(rms + eps)
-  return [param, grad, *momenta, inv_rms, *(m * inv_rms for m in momenta)]
-
-
-def feature_scales(raw: Sequence[jax.Array], eps: float = 1e-8) -> jax.Array:
-  """Per-tensor normalisers of ``raw`` features: 1/RMS of each over the whole tensor, shape ``(len(raw),)``."""
-  return jnp.stack([jax.lax.rsqrt(jnp.mean(jnp.square(x.astype(jnp.float32))) + eps) for x in raw])
 
 
 # --- Compact per-parameter inputs (ff_small, per_tensor, lstm_hyper) ----------------------------------------------

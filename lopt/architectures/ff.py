@@ -12,6 +12,13 @@ starting from the near-constant drift of a randomly initialised MLP.
 
 Inputs shared by a whole tensor (the progress embedding) enter the first layer as a bias rather than being
 broadcast to every parameter (see ``layers.apply_mlp``).
+
+Speed. ``ff``'s features need only two reductions per tensor (``features.feature_scales``); everything else,
+features, MLP and step, is elementwise in the parameters. A small MLP is then written as elementwise arithmetic
+(``small_mlp.py``), which XLA fuses with the features into one loop over each tensor: no per-parameter
+intermediate ever reaches memory. A wide MLP (more than ``ELEMENTWISE_MAX_MULTIPLIES`` multiply-adds per parameter,
+e.g. 32x32) would make that loop too large to compile quickly; it is evaluated as matrix multiplies over chunks of
+parameters instead (``chunking.py``), the same function at a higher cost per step.
 """
 
 from __future__ import annotations
@@ -28,12 +35,17 @@ from lopt.architectures.small_mlp import apply_small_mlp
 from lopt.registry import register
 from lopt.types import MetaParams, Params, PRNGKey
 
+# Above this many multiply-adds per parameter (summed over the per-parameter layers) the elementwise form takes
+# minutes and gigabytes to compile: 464 (18-16-16-2) compiles in ~10 s, 1440 (18-32-32-2) ran out of 8 GB.
+ELEMENTWISE_MAX_MULTIPLIES = 512
+DEFAULT_HIDDEN_SIZES = (8, 8)
+
 
 class FFState(NamedTuple):
-  """Optimizer state: step count, momenta (stacked over decays per tensor) and second moments."""
+  """Optimizer state: step count, momenta (one tree per decay) and second moments."""
 
   count: jax.Array
-  momenta: Params
+  momenta: tuple[Params, ...]
   rms: Params
 
 
@@ -44,60 +56,92 @@ def _split_leaves(grads, results, n: int) -> list:
   return [treedef.unflatten([leaf[i] for leaf in leaves]) for i in range(n)]
 
 
+def mlp_multiplies(sizes: Sequence[int]) -> int:
+  """Multiply-adds per parameter of a per-parameter MLP with layer ``sizes`` (per-parameter inputs first)."""
+  return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
 @register("architecture", "ff")
-def ff(*, hidden_sizes: Sequence[int] = (32, 32), decays: Sequence[float] = features.DEFAULT_DECAYS,
+def ff(*, hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES, decays: Sequence[float] = features.DEFAULT_DECAYS,
        rms_decay: float = 0.999, initial_step: float = 1e-3, magnitude_scale: float = 0.1,
        direction_scale: float = 0.1, output_init_scale: float = 1e-3, eps: float = 1e-8,
-       chunk_size: int = chunking.DEFAULT_CHUNK_SIZE) -> LearnedOptimizer:
-  """Per-parameter MLP over normalised gradient, momentum and progress features (Adam-initialised)."""
+       evaluation: str = "auto", chunk_size: int = chunking.DEFAULT_CHUNK_SIZE) -> LearnedOptimizer:
+  """Per-parameter MLP over normalised parameter, gradient, momentum and progress features (Adam-initialised).
+
+  Args:
+    hidden_sizes: widths of the per-parameter MLP's hidden layers.
+    decays: momentum decays; the one nearest 0.9 gives the nominal (Adam) direction.
+    rms_decay: decay of the squared-gradient average.
+    initial_step: the untrained optimizer's step size (theta's ``log_step``).
+    magnitude_scale, direction_scale: how strongly the MLP's outputs enter the step.
+    output_init_scale: scale of the MLP's initial output layer (near zero: start as Adam).
+    eps: Adam's epsilon.
+    evaluation: ``"elementwise"`` (one fused loop, fast for small MLPs), ``"matmul"`` (chunked matrix
+      multiplies) or ``"auto"``: elementwise up to ``ELEMENTWISE_MAX_MULTIPLIES`` multiply-adds per parameter.
+    chunk_size: parameters per chunk of the matmul evaluation.
+  """
   decays = tuple(float(d) for d in decays)
   nominal_index = min(range(len(decays)), key=lambda i: abs(decays[i] - 0.9))
   num_per_param = features.num_per_parameter_features(len(decays))
   num_inputs = num_per_param + len(features.DEFAULT_TIMESCALES) + 2
   sizes = (num_inputs, *hidden_sizes, 2)
+  if evaluation == "auto":
+    evaluation = "elementwise" if mlp_multiplies((num_per_param, *sizes[1:])) <= ELEMENTWISE_MAX_MULTIPLIES \
+        else "matmul"
+  if evaluation not in ("elementwise", "matmul"):
+    raise ValueError(f"evaluation must be 'auto', 'elementwise' or 'matmul', not {evaluation!r}.")
 
   def init(key: PRNGKey) -> MetaParams:
     return {"mlp": layers.init_mlp(key, sizes, output_init_scale),
             "log_step": jnp.asarray(jnp.log(initial_step), jnp.float32)}
 
   def optimizer(theta: MetaParams, *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
-    decay_array = jnp.asarray(decays, jnp.float32)
 
     def init_state(params: Params) -> FFState:
-      return FFState(
-          count=jnp.zeros([], jnp.int32),
-          momenta=jax.tree.map(lambda p: jnp.zeros((len(decays),) + p.shape, jnp.float32), params),
-          rms=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+      zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+      return FFState(count=jnp.zeros([], jnp.int32), momenta=tuple(zeros() for _ in decays), rms=zeros())
 
     def update(grads, state: FFState, params=None, *, loss=None, **extra):
       del loss, extra  # ff reads no loss features.
       if params is None:
         raise ValueError("The ff learned optimizer needs `params` in update(grads, state, params).")
       count = state.count + 1
-      progress = features.progress_features(count, num_steps)
-      progress_bias = layers.shared_bias(theta["mlp"], num_per_param, progress)
-      nominal_correction = 1.0 - decays[nominal_index] ** count.astype(jnp.float32)
-      rms_correction = 1.0 - rms_decay ** count.astype(jnp.float32)
+      t = count.astype(jnp.float32)
+      progress_bias = layers.shared_bias(theta["mlp"], num_per_param, features.progress_features(count, num_steps))
+      nominal_correction = 1.0 - decays[nominal_index]**t
+      rms_correction = 1.0 - rms_decay**t
       step_size = jnp.exp(theta["log_step"])
 
-      def leaf_update(g, p, m, v):
-        m, v = features.update_moments(m, v, g.astype(jnp.float32), decay_array, rms_decay)
-        momenta = list(m)
-        scales = features.feature_scales(features.raw_parameter_features(p, g, momenta, v, eps), eps)
+      def mlp(inputs: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+        if evaluation == "elementwise":
+          d, mag = apply_small_mlp(theta["mlp"], inputs, progress_bias)
+          return d, mag
+        out = layers.apply_mlp_t(theta["mlp"], jnp.stack(inputs), progress_bias)
+        return out[0], out[1]
 
-        def per_parameter(x):  # x: (3 + num_decays, n), rows p, g, v, momenta
-          p_, g_, v_, *m_ = list(x)
-          raw = features.raw_parameter_features(p_, g_, m_, v_, eps)
-          out = layers.apply_mlp_t(theta["mlp"], jnp.stack(raw) * scales[:, None], progress_bias)
-          nominal = (m_[nominal_index] / nominal_correction) / (jnp.sqrt(v_ / rms_correction) + eps)
-          step = -step_size * features.bounded_exp(magnitude_scale * out[1]) * (nominal + direction_scale * out[0])
-          return step[None]
+      def leaf_update(g, p, momenta, v):
+        g = features.clip_gradient(g)
+        momenta, v = features.update_moments(momenta, v, g, decays, rms_decay)
+        scales = features.feature_scales(p, g, momenta, v, eps)
 
-        (step,) = chunking.map_in_chunks(per_parameter, [p, g, v, *momenta], 1, chunk_size=chunk_size)
-        return step.astype(p.dtype), m, v
+        def step(p_, g_, v_, *momenta_):  # elementwise: a whole tensor or one chunk of it
+          raw = features.per_parameter_features(p_, g_, momenta_, v_, eps)
+          d, mag = mlp([x * scales[i] for i, x in enumerate(raw)])
+          nominal = (momenta_[nominal_index] / nominal_correction) / (jnp.sqrt(v_ / rms_correction) + eps)
+          return -step_size * features.bounded_exp(magnitude_scale * mag) * (nominal + direction_scale * d)
 
-      results = jax.tree.map(leaf_update, grads, params, state.momenta, state.rms)
+        if evaluation == "elementwise":
+          u = step(p, g, v, *momenta)
+        else:
+          (u,) = chunking.map_in_chunks(lambda xs: [step(*xs)], [p.astype(jnp.float32), g, v, *momenta],
+                                        chunk_size=chunk_size)
+        return u.astype(p.dtype), tuple(momenta), v
+
+      treedef = jax.tree.structure(grads)
+      per_leaf_momenta = treedef.unflatten(zip(*(treedef.flatten_up_to(m) for m in state.momenta)))
+      results = jax.tree.map(leaf_update, grads, params, per_leaf_momenta, state.rms)
       updates, momenta, rms = _split_leaves(grads, results, 3)
+      momenta = tuple(_split_leaves(grads, momenta, len(decays)))
       return updates, FFState(count=count, momenta=momenta, rms=rms)
 
     return optax.GradientTransformationExtraArgs(init_state, update)

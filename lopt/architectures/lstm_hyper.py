@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.architectures import features, layers
+from lopt.architectures import features, layers, tensor_lstm
 from lopt.architectures.base import LearnedOptimizer
 from lopt.architectures.small_mlp import apply_small_mlp
 from lopt.registry import register
@@ -72,15 +72,10 @@ def lstm_hyper(*, lstm_hidden: int = 32, num_weight_sets: int = 8, mlp_hidden: i
             "log_step": jnp.asarray(jnp.log(initial_step), jnp.float32)}
 
   def optimizer(theta: MetaParams, *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
-    decays = jnp.asarray(DECAYS, jnp.float32)
-
     def init_state(params: Params) -> LSTMHyperState:
-      row, col = features.init_factored(params)
-      zeros = lambda shape: jax.tree.map(lambda _: jnp.zeros(shape, jnp.float32), params)
       return LSTMHyperState(
-          count=jnp.zeros([], jnp.int32),
-          momenta=jax.tree.map(lambda p: jnp.zeros((len(DECAYS),) + p.shape, jnp.float32), params),
-          row=row, col=col, lstm_h=zeros((lstm_hidden,)), lstm_c=zeros((lstm_hidden,)),
+          count=jnp.zeros([], jnp.int32), **tensor_lstm.init_state(params, num_decays=len(DECAYS),
+                                                                   lstm_hidden=lstm_hidden),
           train_loss=features.init_loss_state())
 
     def update(grads, state: LSTMHyperState, params=None, *, loss=None, **extra):
@@ -97,16 +92,9 @@ def lstm_hyper(*, lstm_hidden: int = 32, num_weight_sets: int = 8, mlp_hidden: i
       treedef = jax.tree.structure(grads)
       flat = [treedef.flatten_up_to(x) for x in (grads, params, state.momenta, state.row, state.col,
                                                    state.lstm_h, state.lstm_c)]
-      moments, lstm_inputs = [], []
-      for g, p, m, row, col, _, _ in zip(*flat):
-        g = features.clip_gradient(g)
-        shaped = decays.reshape((-1,) + (1,) * g.ndim)
-        m = shaped * m + (1.0 - shaped) * g[None]
-        row, col = features.update_factored(row, col, jnp.square(g), rms_decay)
-        moments.append((m, row, col))
-        stats = features.tensor_statistics(p, g, m[0], row)
-        lstm_inputs.append(jnp.concatenate([stats, features.shape_features(g.shape), shared]))
-      h, c = layers.lstm_step(theta["lstm"], jnp.stack(lstm_inputs), jnp.stack(flat[5]), jnp.stack(flat[6]))
+      moments, summaries = tensor_lstm.update_moments(*flat[:5], decays=DECAYS, rms_decay=rms_decay)
+      lstm_inputs = jnp.concatenate([summaries, jnp.broadcast_to(shared, (len(moments), shared.size))], axis=1)
+      h, c = layers.lstm_step(theta["lstm"], lstm_inputs, jnp.stack(flat[5]), jnp.stack(flat[6]))
       mix = jax.nn.softmax(h @ theta["mix_head"], axis=-1)  # (num_tensors, num_weight_sets)
       # The hypernetwork: each tensor's MLP weights are a mixture of the bank's.
       mixed = jax.tree.map(lambda w: jnp.tensordot(mix, w, axes=1), theta["bank"])
@@ -114,14 +102,12 @@ def lstm_hyper(*, lstm_hidden: int = 32, num_weight_sets: int = 8, mlp_hidden: i
 
       updates = []
       for i, (g, p) in enumerate(zip(flat[0], flat[1])):
-        m, row, col = moments[i]
-        inputs, inv_rms = features.compact_inputs(p, features.clip_gradient(g), list(m), row, col, rms_correction,
-                                                  eps)
+        inputs, nominal = tensor_lstm.mlp_inputs(g, p, moments[i], rms_correction=rms_correction,
+                                                 m_correction=m_correction, eps=eps)
         tensor_mlp = jax.tree.map(lambda w: w[i], mixed)
         d, mag = apply_small_mlp(tensor_mlp, inputs)
         p32 = p.astype(jnp.float32)
         scale = jnp.exp(log_lr[i]) * (jnp.sqrt(jnp.mean(jnp.square(p32)) + 1e-30) + rms_floor)
-        nominal = m[0] * inv_rms / m_correction
         step = -scale * features.bounded_exp(magnitude_scale * mag) * (nominal + direction_scale * d)
         updates.append(step.astype(p.dtype))
       unflat = treedef.unflatten

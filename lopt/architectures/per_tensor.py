@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.architectures import features, layers
+from lopt.architectures import features, layers, tensor_lstm
 from lopt.architectures.base import LearnedOptimizer
 from lopt.architectures.small_mlp import apply_small_mlp
 from lopt.registry import register
@@ -82,15 +82,11 @@ def per_tensor(*, lstm_hidden: int = 32, context_size: int = 8, hidden_sizes: Se
             "log_step": jnp.asarray(jnp.log(initial_step), jnp.float32)}
 
   def optimizer(theta: MetaParams, *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
-    decays = jnp.asarray(DECAYS, jnp.float32)
-
     def init_state(params: Params) -> PerTensorState:
-      row, col = features.init_factored(params)
-      zeros = lambda shape: jax.tree.map(lambda _: jnp.zeros(shape, jnp.float32), params)
       return PerTensorState(
-          count=jnp.zeros([], jnp.int32),
-          momenta=jax.tree.map(lambda p: jnp.zeros((len(DECAYS),) + p.shape, jnp.float32), params),
-          row=row, col=col, lstm_h=zeros((lstm_hidden,)), lstm_c=zeros((lstm_hidden,)), feedback=zeros((2,)),
+          count=jnp.zeros([], jnp.int32), **tensor_lstm.init_state(params, num_decays=len(DECAYS),
+                                                                   lstm_hidden=lstm_hidden),
+          feedback=jax.tree.map(lambda _: jnp.zeros((2,), jnp.float32), params),
           train_loss=features.init_loss_state(), valid_loss=features.init_loss_state())
 
     def update(grads, state: PerTensorState, params=None, *, loss=None, valid_loss=None, **extra):
@@ -112,16 +108,11 @@ def per_tensor(*, lstm_hidden: int = 32, context_size: int = 8, hidden_sizes: Se
       flat = [treedef.flatten_up_to(x) for x in (grads, params, state.momenta, state.row, state.col,
                                                    state.lstm_h, state.lstm_c, state.feedback)]
       # Pass 1, per tensor: moments and the LSTM's inputs.
-      moments, lstm_inputs = [], []
-      for g, p, m, row, col, _, _, fb in zip(*flat):
-        g = features.clip_gradient(g)
-        m = decays.reshape((-1,) + (1,) * g.ndim) * m + (1.0 - decays.reshape((-1,) + (1,) * g.ndim)) * g[None]
-        row, col = features.update_factored(row, col, jnp.square(g), rms_decay)
-        moments.append((m, row, col))
-        stats = features.tensor_statistics(p, g, m[0], row)
-        lstm_inputs.append(jnp.concatenate([stats, features.shape_features(g.shape), shared, fb]))
+      moments, summaries = tensor_lstm.update_moments(*flat[:5], decays=DECAYS, rms_decay=rms_decay)
+      lstm_inputs = jnp.concatenate(
+          [summaries, jnp.broadcast_to(shared, (len(moments), shared.size)), jnp.stack(flat[7])], axis=1)
       # One batched LSTM step over all tensors.
-      h, c = layers.lstm_step(theta["lstm"], jnp.stack(lstm_inputs), jnp.stack(flat[5]), jnp.stack(flat[6]))
+      h, c = layers.lstm_step(theta["lstm"], lstm_inputs, jnp.stack(flat[5]), jnp.stack(flat[6]))
       context = jnp.tanh(h @ theta["context"])
       log_lr = theta["log_step"] + lr_scale * (h @ theta["lr_head"])
       biases = jax.vmap(lambda ctx: layers.shared_bias(theta["mlp"], NUM_PER_PARAM, jnp.concatenate(
@@ -130,11 +121,9 @@ def per_tensor(*, lstm_hidden: int = 32, context_size: int = 8, hidden_sizes: Se
       # Pass 2, per parameter: the MLP with the tensor's context as a first-layer bias.
       updates, feedback = [], []
       for i, (g, p) in enumerate(zip(flat[0], flat[1])):
-        m, row, col = moments[i]
-        inputs, inv_rms = features.compact_inputs(p, features.clip_gradient(g), list(m), row, col, rms_correction,
-                                                  eps)
+        inputs, nominal = tensor_lstm.mlp_inputs(g, p, moments[i], rms_correction=rms_correction,
+                                                 m_correction=m_correction, eps=eps)
         d, mag = apply_small_mlp(theta["mlp"], inputs, biases[i])
-        nominal = m[0] * inv_rms / m_correction
         step = -jnp.exp(log_lr[i]) * features.bounded_exp(magnitude_scale * mag) * (nominal + direction_scale * d)
         updates.append(step.astype(p.dtype))
         feedback.append(jnp.stack([jnp.mean(jnp.abs(d)), jnp.mean(mag)]))
