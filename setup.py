@@ -21,6 +21,7 @@ setup(
         "wandb>=0.31.0",
         "numpy>=2.4",
         "scikit-learn>=1.9",  # bundles the 8x8 digits data set: real data with no download.
+        "matplotlib>=3.11",  # evaluation figures (lopt.plots), rendered headless with the Agg backend.
     ],
     extras_require={
         "test": ["pytest>=9.0"],

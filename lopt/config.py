@@ -1,7 +1,7 @@
 """Gin at the edges: registers the top-level functions and parses configs with errors that help.
 
 Plugin factories register themselves with gin through ``lopt.registry``; this module adds the few top-level
-functions a run file configures (``meta_train``, the outer optimizer, the final evaluation) and parses config files
+functions a run file configures (``meta_train``, the outer optimizer, the final and the periodic evaluation) and parses config files
 and bindings strictly: a missing file, an unknown configurable or an unknown parameter is an error that names the
 problem and, where one exists, the closest registered name. Nothing is ever skipped.
 """
@@ -26,6 +26,7 @@ EDGE_FUNCTIONS = {
     "meta_train": outer_loop.meta_train,
     "meta_optimizer": outer_loop.default_meta_optimizer,
     "heldout_comparison": evaluation.heldout_comparison,
+    "periodic_meta_eval": evaluation.periodic_meta_eval,
 }
 for _name, _fn in EDGE_FUNCTIONS.items():
   gin.register(_name)(_fn)

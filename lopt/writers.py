@@ -1,13 +1,15 @@
 """Metric writers: the one interface through which the training loop reports metrics.
 
 Modelled on ``clu.metric_writers`` (whose package import needs TensorFlow, which lopt does not depend on). The loop
-only sees ``MetricWriter``; concrete writers (console, JSONL, wandb) compose through ``MultiWriter``.
-``create_default_writers`` builds the usual set for a run directory.
+only sees ``MetricWriter``; concrete writers (console, JSONL, wandb, and TensorBoard through clu when the
+``[tensorboard]`` extra is installed) compose through ``MultiWriter``. ``create_default_writers`` builds the usual
+set for a run directory.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib.util
 import json
 import math
 import os
@@ -32,6 +34,13 @@ class MetricWriter(abc.ABC):
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     """Records run hyperparameters, e.g. ``{"gin_config": operative_config_text}``."""
 
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    """Writes images, each an (H, W, C) uint8 array with C = 1, 3 or 4 (e.g. ``lopt.plots.read_image``).
+
+    Writers that cannot show images ignore them (the default).
+    """
+    del step, images
+
   def flush(self) -> None:
     """Makes everything written so far durable; a no-op by default."""
 
@@ -53,6 +62,18 @@ def _to_python(name: str, value: Any) -> bool | int | float:
   raise ValueError(f"Metric '{name}' must be a real number, got dtype {array.dtype}.")
 
 
+def _check_images(images: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Images as uint8 (H, W, C) arrays; anything else is a ValueError naming the image."""
+  checked = {}
+  for name, image in images.items():
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or array.dtype != np.uint8:
+      raise ValueError(f"Image '{name}' must be an (H, W, C) uint8 array with C in (1, 3, 4), got shape "
+                       f"{array.shape} and dtype {array.dtype}.")
+    checked[name] = array
+  return checked
+
+
 def _format_value(value: bool | int | float) -> str:
   if isinstance(value, float):
     return f"{value:.5g}"
@@ -69,6 +90,10 @@ class ConsoleWriter(MetricWriter):
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     for key, value in hparams.items():
       logging.info("hparam %s:\n%s", key, value)
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    for key, image in _check_images(images).items():
+      logging.info("step %d | image %s %s", step, key, "x".join(map(str, image.shape)))
 
 
 class JsonlWriter(MetricWriter):
@@ -209,6 +234,11 @@ class WandbWriter(MetricWriter):
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     self._run.config.update(dict(hparams), allow_val_change=True)
 
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    import wandb  # Already imported by __init__; this only binds the name.
+
+    self._run.log({k: wandb.Image(v) for k, v in _check_images(images).items()}, step=int(step))
+
   def close(self) -> None:
     if not self._closed:
       self._closed = True
@@ -228,6 +258,51 @@ def _wandb_settings(wandb: Any) -> Any:
   return wandb.Settings(**{k: v for k, v in wanted.items() if k in fields})
 
 
+TENSORBOARD_MISSING = ("TensorBoard event files need clu's SummaryWriter, which imports TensorFlow: install the "
+                       "extra with `pip install 'lopt[tensorboard]'` (or pass tensorboard=False / --tensorboard=off).")
+
+
+def tensorboard_available() -> bool:
+  """Whether clu's TensorBoard writer can be imported (TensorFlow and TensorBoard are installed)."""
+  return all(importlib.util.find_spec(name) is not None for name in ("tensorflow", "tensorboard"))
+
+
+class TensorBoardWriter(MetricWriter):
+  """TensorBoard event files in ``logdir`` through ``clu.metric_writers.SummaryWriter`` (the ``[tensorboard]``
+  extra). Hyperparameters that are not scalars (the gin config text) are written as text summaries."""
+
+  def __init__(self, logdir: str):
+    try:
+      from clu import metric_writers  # pylint: disable=import-outside-toplevel  # imports TensorFlow
+    except ImportError as e:
+      raise ImportError(f"{TENSORBOARD_MISSING} ({e})") from e
+    os.makedirs(logdir, exist_ok=True)
+    self._writer = metric_writers.SummaryWriter(logdir)
+    self._closed = False
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    self._writer.write_scalars(int(step), {k: _to_python(k, v) for k, v in scalars.items()})
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    texts = {k: v for k, v in hparams.items() if isinstance(v, str)}
+    if texts:
+      self._writer.write_texts(0, texts)
+    rest = {k: v for k, v in hparams.items() if not isinstance(v, str)}
+    if rest:
+      self._writer.write_hparams(rest)
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    self._writer.write_images(int(step), _check_images(images))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    if not self._closed:
+      self._closed = True
+      self._writer.close()
+
+
 class MultiWriter(MetricWriter):
   """Forwards every call to each of several writers."""
 
@@ -241,6 +316,10 @@ class MultiWriter(MetricWriter):
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     for writer in self._writers:
       writer.write_hparams(hparams)
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    for writer in self._writers:
+      writer.write_images(step, images)
 
   def flush(self) -> None:
     for writer in self._writers:
@@ -268,9 +347,13 @@ class NullWriter(MetricWriter):
     del hparams
 
 
+TENSORBOARD_DIR = "tensorboard"
+
+
 def create_default_writers(workdir: str, *, wandb_mode: str, config_text: str | None = None,
-                           is_main_process: bool = True, wandb_project: str = "lopt") -> MetricWriter:
-  """Builds the writers of a run: console, ``workdir/metrics.jsonl`` and wandb (unless disabled).
+                           is_main_process: bool = True, wandb_project: str = "lopt",
+                           tensorboard: bool | None = None) -> MetricWriter:
+  """Builds the writers of a run: console, ``workdir/metrics.jsonl``, wandb (unless disabled) and TensorBoard.
 
   Args:
     workdir: the run directory.
@@ -278,6 +361,8 @@ def create_default_writers(workdir: str, *, wandb_mode: str, config_text: str | 
     config_text: the operative gin config, recorded as the ``gin_config`` hyperparameter.
     is_main_process: only the main process writes; other processes get a ``NullWriter``.
     wandb_project: wandb project name.
+    tensorboard: event files in ``workdir/tensorboard`` through clu. None (default) writes them when the
+      ``[tensorboard]`` extra is installed; True requires it (ImportError naming the extra when missing).
 
   Returns:
     A writer fanning out to the above.
@@ -286,9 +371,18 @@ def create_default_writers(workdir: str, *, wandb_mode: str, config_text: str | 
     raise ValueError(f"Unknown wandb mode '{wandb_mode}'. Choices: {', '.join(WANDB_MODES)}.")
   if not is_main_process:
     return NullWriter()
+  if tensorboard and not tensorboard_available():
+    raise ImportError(TENSORBOARD_MISSING)  # before any writer (a wandb run) is started
   writers: list[MetricWriter] = [ConsoleWriter(), JsonlWriter(os.path.join(workdir, METRICS_FILE))]
   if wandb_mode != "disabled":
     writers.append(WandbWriter(mode=wandb_mode, project=wandb_project, directory=workdir))
+  if tensorboard is None:
+    tensorboard = tensorboard_available()
+    if tensorboard:
+      logging.info("Writing TensorBoard event files to %s (the [tensorboard] extra is installed).",
+                   os.path.join(workdir, TENSORBOARD_DIR))
+  if tensorboard:
+    writers.append(TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR)))
   writer = MultiWriter(writers)
   if config_text is not None:
     writer.write_hparams({"gin_config": config_text})

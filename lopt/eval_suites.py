@@ -1,0 +1,54 @@
+"""Named evaluation suites: fixed lists of task families a learned optimizer is scored on.
+
+A suite is a function returning ``{display name: TaskFamily}``. The families are built by calling the task plugins
+directly with explicit arguments, so gin bindings of a meta-training config never change what a suite contains.
+Add a suite by adding a function to ``SUITES``; ``lopt.comparison.evaluate_suite`` also takes any such mapping.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from lopt.tasks import autoencoder, char_rnn, classic_2d, image_conv, image_mlp, quadratic, transformer_lm
+from lopt.tasks.base import TaskFamily
+
+Suite = dict[str, TaskFamily]
+
+
+def default_suite() -> Suite:
+  """Six small tasks across six families, sized so a full evaluation takes a few minutes on 2 CPU cores."""
+  return {
+      "quadratic": quadratic(16, min_scale=0.01, max_scale=100.0, noise_std=0.1),
+      "rosenbrock": classic_2d("rosenbrock"),
+      "image_mlp": image_mlp(hidden_sizes=(32,), batch_size=128),
+      "image_conv": image_conv(channels=(4, 8), batch_size=16),
+      "autoencoder": autoencoder(hidden_sizes=(32, 8), batch_size=32),
+      "transformer_lm": transformer_lm(width=16, depth=1, num_heads=2, seq_len=8, batch_size=8),
+  }
+
+
+def full_suite() -> Suite:
+  """The default suite plus larger and more varied tasks (a recurrent LM, a deeper MLP, Beale, a wider conv net)."""
+  return {
+      **default_suite(),
+      "beale": classic_2d("beale"),
+      "image_mlp_deep_tanh": image_mlp(hidden_sizes=(64, 32), batch_size=64, activation="tanh"),
+      "image_conv_wide": image_conv(channels=(8, 16), batch_size=32),
+      "char_rnn": char_rnn(cell="gru", hidden_size=32, seq_len=16, batch_size=8),
+      "transformer_lm_2x32": transformer_lm(width=32, depth=2, num_heads=2, seq_len=16, batch_size=8),
+  }
+
+
+def tiny_suite() -> Suite:
+  """Two cheap tasks for tests and smoke runs."""
+  return {"quadratic": quadratic(4), "rosenbrock": classic_2d("rosenbrock")}
+
+
+SUITES: dict[str, Callable[[], Suite]] = {"default": default_suite, "full": full_suite, "tiny": tiny_suite}
+
+
+def get_suite(name: str) -> Suite:
+  """The suite called ``name``; an unknown name lists the known ones."""
+  if name not in SUITES:
+    raise ValueError(f"Unknown evaluation suite '{name}'. Suites: {', '.join(SUITES)}.")
+  return SUITES[name]()
