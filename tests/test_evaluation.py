@@ -1,8 +1,12 @@
 """Evaluation: training programs (single, grid, stacked), loading a trained optimizer, the suite report end to end,
 and periodic meta-evaluation through meta_train."""
 
+import glob
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import gin
 import jax
@@ -185,3 +189,30 @@ def test_periodic_meta_eval_is_configurable_by_gin(clean_gin):
   assert gin.query_parameter("periodic_meta_eval.num_tasks") == 3
   with pytest.raises(config.ConfigError, match="num_tasks"):
     config.parse([], ["periodic_meta_eval.num_taks = 3"])
+
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "evaluate.py")
+
+
+def test_evaluate_cli_reports_a_bad_workdir(tmp_path):
+  proc = subprocess.run([sys.executable, SCRIPT, f"--workdir={tmp_path}", "--wandb_mode=disabled"],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and "config.gin" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_cli_end_to_end(trained_workdir, tmp_path):
+  workdir, _ = trained_workdir
+  out = tmp_path / "out"
+  env = dict(os.environ, WANDB_DIR=str(tmp_path), WANDB_CACHE_DIR=str(tmp_path / "cache"),
+             WANDB_CONFIG_DIR=str(tmp_path / "config"), WANDB_DATA_DIR=str(tmp_path / "data"), HOME=str(tmp_path))
+  proc = subprocess.run([sys.executable, SCRIPT, f"--workdir={workdir}", f"--out_dir={out}", "--suite=tiny",
+                         "--num_steps=10", "--num_seeds=2", "--baselines=adam,prodigy", "--wandb_mode=offline"],
+                        capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "[4/4]" in proc.stdout and "speed-up vs tuned Adam" in proc.stdout
+  for name in ("evaluation.json", "evaluation.md", "curves_train.png", "curves_test.png", "speedups.png",
+               "metrics.jsonl"):
+    assert (out / name).exists(), name
+  assert len(glob.glob(str(out / "wandb" / "offline-run-*" / "files" / "media" / "images" / "**" / "*.png"),
+                       recursive=True)) == 3

@@ -167,3 +167,92 @@ def test_default_writers_offline(wandb_env):
   assert os.path.exists(os.path.join(workdir, writers.WANDB_RUN_ID_FILE))
   assert glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))
   assert writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) == [{"step": 1, "loss": 0.5}]
+
+
+def _image(h=12, w=16):
+  return np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3)
+
+
+def test_images_fan_out_and_are_checked(caplog):
+  a, b = _Recorder(), _Recorder()
+  with caplog.at_level(logging.INFO):
+    writers.MultiWriter([a, b, writers.ConsoleWriter(), writers.NullWriter()]).write_images(3, {"plot": _image()})
+  assert "step 3 | image plot 12x16x3" in caplog.text
+  # The base class ignores images, so writers written before images existed keep working.
+  assert a.calls == [] and b.calls == []
+  with pytest.raises(ValueError, match="'bad'"):
+    writers.ConsoleWriter().write_images(0, {"bad": np.zeros((4, 4), np.uint8)})
+  with pytest.raises(ValueError, match="uint8"):
+    writers.ConsoleWriter().write_images(0, {"bad": np.zeros((4, 4, 3), np.float32)})
+
+
+def test_jsonl_ignores_images(tmp_path):
+  writer = writers.JsonlWriter(str(tmp_path / "m.jsonl"))
+  writer.write_images(1, {"plot": _image()})
+  writer.close()
+  assert writers.read_jsonl(str(tmp_path / "m.jsonl")) == []
+
+
+def test_wandb_offline_logs_images(wandb_env):
+  directory = str(wandb_env / "run")
+  writer = writers.WandbWriter(mode="offline", directory=directory)
+  writer.write_images(1, {"evaluation/curves": _image(32, 48)})
+  writer.write_scalars(2, {"loss": 1.0})  # commits step 1
+  writer.close()
+  pngs = glob.glob(os.path.join(directory, "wandb", "offline-run-*", "files", "media", "images", "**", "*.png"),
+                   recursive=True)
+  assert len(pngs) == 1
+
+
+def test_wandb_disabled_accepts_images(wandb_env):
+  writer = writers.WandbWriter(mode="disabled", directory=str(wandb_env / "run"))
+  writer.write_images(1, {"plot": _image()})
+  writer.close()
+  assert not glob.glob(os.path.join(wandb_env / "run", "wandb", "*run-*"))
+
+
+@pytest.mark.skipif(writers.tensorboard_available(), reason="the [tensorboard] extra is installed")
+def test_tensorboard_requested_but_missing_names_the_extra(wandb_env):
+  workdir = str(wandb_env / "work")
+  with pytest.raises(ImportError, match=r"lopt\[tensorboard\]"):
+    writers.create_default_writers(workdir, wandb_mode="offline", tensorboard=True)
+  assert not os.path.exists(os.path.join(workdir, "wandb"))  # failed before starting a wandb run
+  writer = writers.create_default_writers(workdir, wandb_mode="disabled")  # auto: silently without
+  writer.close()
+  assert not os.path.exists(os.path.join(workdir, writers.TENSORBOARD_DIR))
+
+
+class _FakeSummaryWriter:
+  """Stands in for clu.metric_writers.SummaryWriter (which needs TensorFlow)."""
+
+  instances = []
+
+  def __init__(self, logdir):
+    self.logdir, self.calls = logdir, []
+    _FakeSummaryWriter.instances.append(self)
+
+  def __getattr__(self, name):
+    return lambda *args: self.calls.append((name,) + args)
+
+
+def test_tensorboard_writer_through_clu(wandb_env, monkeypatch):
+  import sys
+  import types
+
+  import clu
+
+  fake = types.ModuleType("clu.metric_writers")
+  fake.SummaryWriter = _FakeSummaryWriter
+  monkeypatch.setitem(sys.modules, "clu.metric_writers", fake)
+  monkeypatch.setattr(clu, "metric_writers", fake, raising=False)
+  monkeypatch.setattr(writers, "tensorboard_available", lambda: True)
+  workdir = str(wandb_env / "work")
+  writer = writers.create_default_writers(workdir, wandb_mode="disabled", config_text="a = 1")
+  writer.write_scalars(4, {"loss": np.float32(0.5)})
+  writer.write_images(4, {"plot": _image()})
+  writer.close()
+  (tb,) = _FakeSummaryWriter.instances
+  assert tb.logdir == os.path.join(workdir, writers.TENSORBOARD_DIR)
+  assert [c[0] for c in tb.calls] == ["write_texts", "write_scalars", "write_images", "close"]
+  assert tb.calls[0][1:] == (0, {"gin_config": "a = 1"})
+  assert tb.calls[1][1:] == (4, {"loss": 0.5}) and isinstance(tb.calls[1][2]["loss"], float)
