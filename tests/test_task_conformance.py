@@ -38,6 +38,27 @@ CONFORMANCE = {
 }
 
 
+# Primitives that lower to LAPACK custom calls on the CPU. jaxlib runs a batched one by fanning it out over the XLA
+# thread pool it already runs on and waiting: a few at once deadlock a small pool (see lopt/tasks/char_rnn.py), so
+# nothing a meta-trainer jits per task (init, loss, gradient) may contain one.
+LAPACK_PRIMITIVES = frozenset({"qr", "householder_product", "geqrf", "geqp3", "orgqr", "eigh", "eig", "svd", "lu",
+                               "lu_pivots_to_permutation", "cholesky", "schur", "hessenberg", "tridiagonal",
+                               "tridiagonal_solve"})
+
+
+def primitive_names(jaxpr, found: set[str] | None = None) -> set[str]:
+  """Names of every primitive in ``jaxpr`` and the jaxprs nested in its equations (scan, cond, jit, ...)."""
+  found = set() if found is None else found
+  for eqn in jaxpr.eqns:
+    found.add(eqn.primitive.name)
+    for param in eqn.params.values():
+      for value in param if isinstance(param, (list, tuple)) else [param]:
+        inner = getattr(value, "jaxpr", value)
+        if hasattr(inner, "eqns"):
+          primitive_names(inner, found)
+  return found
+
+
 def trees_equal(a, b) -> bool:
   return jax.tree.structure(a) == jax.tree.structure(b) and all(
       np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -116,3 +137,24 @@ def test_family_conformance(name):
 
   # optax.adam lowers the held-out loss within 100 steps.
   assert np.isfinite(out["after"]) and out["after"] < max_ratio * out["before"], (out["before"], out["after"])
+
+
+@pytest.mark.parametrize("name", sorted(CONFORMANCE))
+def test_family_has_no_lapack_call(name):
+  family = CONFORMANCE[name][0]()
+
+  def init_and_grad(key):
+    task = family.task(family.sample(key))
+    params = task.init(key)
+    return jax.grad(task.loss)(params, key, task.batch(key, "train"))
+
+  jaxpr = jax.make_jaxpr(jax.vmap(init_and_grad))(jax.random.split(jax.random.key(0), 4)).jaxpr
+  names = primitive_names(jaxpr)
+  assert "dot_general" in names or "mul" in names  # The walk saw the computation.
+  assert not names & LAPACK_PRIMITIVES, sorted(names & LAPACK_PRIMITIVES)
+
+
+def test_lapack_guard_sees_qr():
+  jaxpr = jax.make_jaxpr(jax.vmap(lambda k: jax.nn.initializers.orthogonal()(k, (4, 4))))(
+      jax.random.split(jax.random.key(0), 2)).jaxpr
+  assert "qr" in primitive_names(jaxpr) or "householder_product" in primitive_names(jaxpr)

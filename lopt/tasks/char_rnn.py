@@ -1,4 +1,13 @@
-"""Character-level recurrent language models (LSTM or GRU) on generated or user-supplied text."""
+"""Character-level recurrent language models (LSTM or GRU) on generated or user-supplied text.
+
+The recurrent kernels start orthogonal, as usual for RNNs, but not through ``jax.nn.initializers.orthogonal``
+(flax's default): that calls a LAPACK QR, and on the CPU jaxlib runs a *batched* LAPACK call (a ``vmap`` over
+tasks, as when an estimator resets its tasks inside ``jit``) by fanning it out over XLA's intra-op thread pool from
+a thread of that same pool and blocking until the pieces finish. When as many QRs start at once as the pool has
+threads (a GRU has three recurrent kernels; a 2-core machine has two threads), every thread waits for work that
+no thread is free to run: the program deadlocks at 0% CPU. ``orthogonal`` below builds the same distribution with
+Gram-Schmidt in plain ``jax.numpy``, so the model contains no LAPACK call at all.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +26,35 @@ from lopt.tasks.model_family import model_family
 CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
 
 
+def orthogonal(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """A Haar-random matrix with orthonormal columns (or rows, when wider than tall), without LAPACK.
+
+  Gram-Schmidt of a Gaussian matrix gives the Q factor of its QR decomposition with a positive diagonal R, which is
+  Haar-distributed like ``jax.nn.initializers.orthogonal``'s result. Each column is orthogonalised twice against
+  the earlier ones ("twice is enough"), which keeps float32 columns orthonormal to ~1e-6.
+
+  Args:
+    key: randomness.
+    shape: ``(rows, cols)``.
+    dtype: of the result.
+  """
+  if len(shape) != 2:
+    raise ValueError(f"orthogonal needs a 2-D shape, got {shape}.")
+  rows, cols = shape
+  tall, narrow = max(rows, cols), min(rows, cols)
+  gaussian = jax.random.normal(key, (tall, narrow), jnp.float32)
+
+  def add_column(j, q):
+    # Columns >= j of q are still zero, so projecting on all of q projects on the finished ones only.
+    v = gaussian[:, j]
+    v = v - q @ (q.T @ v)
+    v = v - q @ (q.T @ v)
+    return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+  q = jax.lax.fori_loop(0, narrow, add_column, jnp.zeros((tall, narrow), jnp.float32))
+  return (q if rows >= cols else q.T).astype(dtype)
+
+
 class CharRNN(nn.Module):
   """Embedding, one recurrent layer over time, dense projection to next-character logits."""
 
@@ -28,7 +66,7 @@ class CharRNN(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array) -> jax.Array:
     x = nn.Embed(self.vocab_size, self.embed_size)(tokens)
-    x = nn.RNN(CELLS[self.cell](self.hidden_size))(x)
+    x = nn.RNN(CELLS[self.cell](self.hidden_size, recurrent_kernel_init=orthogonal))(x)
     return nn.Dense(self.vocab_size)(x)
 
 
