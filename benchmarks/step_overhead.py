@@ -3,12 +3,14 @@
   python benchmarks/step_overhead.py --repeats=30 --out=/tmp/step_overhead.json
 
 Entries of ``--optimizers`` are registered architecture names, optionally with factory arguments after a colon,
-e.g. ``--optimizers=adam,ff,ff:hidden_sizes=(8,)``.
+e.g. ``--optimizers=adam,ff,ff:hidden_sizes=(32,32)``. A bare name is the architecture at its default
+configuration, the one users get (``ff``: an 8x8 per-parameter MLP).
 
 A step is forward, backward and optimizer update of a 784-1024-256-10 MLP (1.07M parameters) at batch 128. Each
 optimizer is timed as the median of ``--repeats`` runs after warm-up; ``optax.adam`` is timed in the same run
 (interleaved rounds, so load from other processes affects every optimizer alike) and every time is reported as a
-ratio to it. ``state_floats_per_param`` counts the optimizer state's scalars per model parameter.
+ratio to it. ``state_floats_per_param`` counts the optimizer state's scalars per model parameter;
+``compile_s`` is the first call (compilation plus one step).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import lopt.architectures  # noqa: E402,F401  registers every architecture.
 
 SIZES = (784, 1024, 256, 10)
 BATCH = 128
-DEFAULT_OPTIMIZERS = ("adam", "ff_small", "lstm_hyper", "per_tensor", "ff", "radam", "adamw", "sgd_momentum")
+DEFAULT_OPTIMIZERS = ("adam", "ff_small", "lstm_hyper", "per_tensor", "ff", "ff:hidden_sizes=(32,32)", "radam", "adamw",
+                      "sgd_momentum")
 
 
 def _init_mlp(key: jax.Array) -> dict:
@@ -83,10 +86,11 @@ def _rejoin(parts: list[str]) -> list[str]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS))
-  parser.add_argument("--repeats", type=int, default=30)
-  parser.add_argument("--steps_per_repeat", type=int, default=3)
-  parser.add_argument("--out", default="step_overhead.json")
+  parser.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
+                      help="comma-separated name[:arg=value;...] entries; adam is always added")
+  parser.add_argument("--repeats", type=int, default=30, help="timed rounds (the median is reported)")
+  parser.add_argument("--steps_per_repeat", type=int, default=3, help="steps per timed round")
+  parser.add_argument("--out", default="step_overhead.json", help="JSON output path")
   args = parser.parse_args()
   names = [n for n in args.optimizers.split(",") if n]  # a comma inside "(8,)" is rejoined below
   names = _rejoin(names)
@@ -107,15 +111,19 @@ def main() -> None:
     floats = sum(np.size(s) for s in jax.tree.leaves(state))
     step = _make_step(tx)
     carry = [jax.tree.map(jnp.copy, params0), state]
-    for _ in range(3):  # compile and warm up
+    start = time.perf_counter()
+    carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
+    jax.block_until_ready(loss)
+    compile_s = time.perf_counter() - start
+    for _ in range(2):  # warm up
       carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
     jax.block_until_ready(loss)
-    runners[name] = (step, carry, floats / num_params)
+    runners[name] = (step, carry, floats / num_params, compile_s)
 
   times = {name: [] for name in names}
   for _ in range(args.repeats):
     for name in names:  # interleaved so machine load hits every optimizer alike
-      step, carry, _ = runners[name]
+      step, carry = runners[name][:2]
       start = time.perf_counter()
       for _ in range(args.steps_per_repeat):
         carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
@@ -125,13 +133,14 @@ def main() -> None:
   adam_ms = 1e3 * float(np.median(times["adam"]))
   results = []
   print(f"{num_params} parameters, batch {BATCH}, median of {args.repeats} x {args.steps_per_repeat} steps")
-  print(f"{'optimizer':<26} {'ms/step':>9} {'x adam':>8} {'state floats/param':>20}")
+  print(f"{'optimizer':<26} {'ms/step':>9} {'x adam':>8} {'state floats/param':>20} {'compile s':>10}")
   for name in names:
     ms = 1e3 * float(np.median(times[name]))
     row = {"optimizer": name, "ms_per_step": ms, "ratio_to_adam": ms / adam_ms,
-           "state_floats_per_param": runners[name][2]}
+           "state_floats_per_param": runners[name][2], "compile_s": runners[name][3]}
     results.append(row)
-    print(f"{name:<26} {ms:>9.2f} {ms / adam_ms:>8.2f} {row['state_floats_per_param']:>20.2f}")
+    print(f"{name:<26} {ms:>9.2f} {ms / adam_ms:>8.2f} {row['state_floats_per_param']:>20.2f} "
+          f"{row['compile_s']:>10.1f}")
   with open(args.out, "w") as f:
     json.dump({"num_params": int(num_params), "batch": BATCH, "repeats": args.repeats,
                "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
