@@ -32,8 +32,8 @@ SPEEDUP_BASELINE = "adam"
 
 
 def _json_floats(values: np.ndarray) -> list[float | None]:
-  """A curve as JSON numbers; non-finite entries (a diverged run) become null."""
-  return [float(v) if math.isfinite(v) else None for v in np.asarray(values, np.float64).tolist()]
+  """A curve as JSON numbers with 5 significant digits; non-finite entries (a diverged run) become null."""
+  return [float(f"{v:.5g}") if math.isfinite(v) else None for v in np.asarray(values, np.float64).tolist()]
 
 
 def _json_ready(value: Any) -> Any:
