@@ -22,7 +22,7 @@ import optax
 
 from lopt.architectures.base import LearnedOptimizer
 from lopt.tasks.base import Task, TaskFamily, TaskSampler
-from lopt.types import MetaParams, Params, PRNGKey, PyTree
+from lopt.types import MetaParams, Params, PRNGKey
 
 HELDOUT_SEED_OFFSET = 1_000_003
 

@@ -187,12 +187,22 @@ def _json_ready(value: Any) -> Any:
   return value
 
 
+# Markdown columns: (metric-name prefix, header prefix). The JSON summary keeps every metric, including the
+# held-out scores of Adam and of the untrained initialisation.
+SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (("meta_loss", "meta_loss"), ("steps_per_sec", "steps/s"),
+                                                ("heldout/meta-trained/", "held-out "), ("meta_eval/mean/", "meta-eval "))
+
+
 def format_summary(records: Sequence[Mapping[str, Any]]) -> str:
-  """A markdown table: one row per configuration, one column per final metric (lower losses are better)."""
-  columns = sorted({k for r in records for k in r["metrics"]})
-  lines = ["| config | steps | minutes | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 3)]
+  """A markdown table: one row per configuration; its final training metrics, the meta-trained optimizer's
+  held-out scores and the last periodic meta-evaluation (losses are normalised; lower is better)."""
+  names = sorted({k for r in records for k in r["metrics"]})
+  columns = [(name, header + name[len(prefix):]) for prefix, header in SUMMARY_COLUMNS for name in names
+             if name.startswith(prefix)]
+  lines = ["| config | steps | minutes | " + " | ".join(h for _, h in columns) + " |",
+           "|" + "---|" * (len(columns) + 3)]
   for r in records:
-    cells = [f"{r['metrics'][c]:.4g}" if r["metrics"].get(c) is not None else "-" for c in columns]
+    cells = [f"{r['metrics'][c]:.4g}" if r["metrics"].get(c) is not None else "-" for c, _ in columns]
     lines.append(f"| {r['name']} | {r['step']} | {r['seconds'] / 60:.1f} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
