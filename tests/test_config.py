@@ -83,4 +83,4 @@ def test_list_plugins_prints_every_kind_and_name():
     assert kind in proc.stdout
     for name in registry.names(kind):
       assert name in proc.stdout
-  assert "1731 meta-parameters" in proc.stdout  # the default ff
+  assert "243 meta-parameters" in proc.stdout  # the default ff (8, 8)
