@@ -177,10 +177,21 @@ def test_mixture_sampler_weights_and_errors():
   picks = [sampler.sample(jax.random.key(i)).name for i in range(200)]
   assert 0.6 < picks.count(b.name) / 200 < 0.9
   assert picks == [sampler.sample(jax.random.key(i)).name for i in range(200)]
+  # Raw uint32 keys pick like the typed keys with the same bits.
+  assert picks[:20] == [sampler.sample(jax.random.key_data(jax.random.key(i))).name for i in range(20)]
   with pytest.raises(ValueError, match="distinct"):
     tasks.mixture([a, tasks.quadratic(2)])
   with pytest.raises(ValueError, match="positive weight"):
     tasks.mixture([a, b], weights=[1.0])
+
+
+def test_mixture_sampler_frequencies_follow_weights():
+  families = [tasks.quadratic(d) for d in (2, 3, 4)]
+  sampler = tasks.mixture(families, weights=[1.0, 2.0, 7.0])
+  key = jax.random.key(5)
+  picks = [sampler.sample(jax.random.fold_in(key, i)).name for i in range(2000)]
+  frequencies = np.array([picks.count(f.name) for f in families]) / len(picks)
+  np.testing.assert_allclose(frequencies, [0.1, 0.2, 0.7], atol=0.03)
 
 
 def test_parametric_sampler_yields_over_1000_distinct_tasks_deterministically():

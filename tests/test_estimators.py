@@ -173,6 +173,31 @@ def test_remat_gives_the_same_gradient():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), *grads)
 
 
+def test_first_order_tbptt_matches_the_closed_form():
+  # SGD on 0.5 * mean(a * (x - c)**2): x_{t+1} = x_t - lr * g_t. Treating every g_s as a constant,
+  # d x_t / d lr = -sum_{s<t} g_s, so the first-order derivative of mean_t L_t is mean_t g_t . (-sum_{s<t} g_s).
+  lr, k = 0.5, 5
+  family = quadratic(dim=3, noise_std=0.0)
+  kw = dict(task_family=family, learned_optimizer=_sgd(lr))
+  theta = kw["learned_optimizer"].init(jax.random.key(0))
+  grads = {}
+  for first_order in (True, False):
+    estimator = tbptt.tbptt(num_tasks=1, truncation_length=k, horizon=2 * k, stagger=False,
+                            first_order=first_order)
+    state = estimator.init(theta, jax.random.key(3), **kw)
+    grads[first_order] = float(_jit_estimate(estimator, **kw)(theta, state, jax.random.key(4))[0]["log_lr"])
+  scales, center = (np.asarray(v[0], np.float64) for v in (state.cfg["scales"], state.cfg["center"]))
+  x = np.asarray(state.params["x"][0], np.float64)
+  total, expected = np.zeros(3), 0.0
+  for _ in range(k):
+    g = scales * (x - center) / 3
+    expected += g @ -total
+    total, x = total + g, x - lr * g
+  expected *= lr / k / scales.mean()  # d/d log(lr) = lr d/d lr; the objective is normalised by mean(scales).
+  np.testing.assert_allclose(grads[True], expected, rtol=1e-4)
+  assert abs(grads[False] - expected) > 0.05 * abs(expected)  # The Hessian terms matter here.
+
+
 def test_final_and_outer_valid_objectives():
   theta = ARCH.init(jax.random.key(0))
   task = unroll_lib.init_task_state(theta, jax.random.key(0), 10, **KW)

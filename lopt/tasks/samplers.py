@@ -49,10 +49,19 @@ def fixed(task_family: TaskFamily) -> TaskSampler:
 
 
 def _chooser(families: tuple[TaskFamily, ...], weights: np.ndarray) -> Callable[[PRNGKey], TaskFamily]:
-  probabilities = weights / weights.sum()
+  """Picks a family on the host: a NumPy generator seeded by the key's bits, so the same key picks the same one.
+
+  The outer loop calls this every step on the host. Drawing with ``jax.random.choice`` would dispatch a device
+  computation and wait for its result (one more round trip per step); reading the key's two words is all the
+  device work needed here.
+  """
+  cumulative = np.cumsum(weights / weights.sum())
 
   def sample(key: PRNGKey) -> TaskFamily:
-    return families[int(jax.random.choice(key, len(families), p=probabilities))]
+    bits = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    seed = np.asarray(bits).ravel()
+    uniform = np.random.default_rng(seed).random()
+    return families[min(int(np.searchsorted(cumulative, uniform, side="right")), len(families) - 1)]
 
   return sample
 
