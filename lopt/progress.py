@@ -1,4 +1,4 @@
-"""Progress lines with rate and ETA for long loops made of uneven units of work (evaluations, sweep runs)."""
+"""Rate and ETA of long loops (meta-training steps, evaluations, sweep runs), and progress lines for them."""
 
 from __future__ import annotations
 
@@ -43,9 +43,13 @@ class Progress:
     rate = self.rate()
     return (self.total - self.done) / rate if rate > 0 else float("inf")
 
+  def advance(self, count: int = 1) -> None:
+    """Marks ``count`` more units done without printing."""
+    self.done += count
+
   def step(self, what: str, count: int = 1) -> str:
     """Marks ``count`` units done, prints and returns the progress line."""
-    self.done += count
+    self.advance(count)
     elapsed = self._clock() - self._start
     line = (f"[{self.done}/{self.total}] {what} | {self.rate():.2f} {self._unit}/s | "
             f"elapsed {format_seconds(elapsed)} | ETA {format_seconds(self.eta())}")

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import signal
 import threading
-import time
 from typing import Any, Callable, Mapping
 
 import jax
@@ -22,7 +21,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from lopt import checkpoints, writers
+from lopt import checkpoints, progress, writers
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import sharding
 from lopt.meta_trainers.base import GradientEstimator, tree_finite
@@ -98,13 +97,6 @@ def _stop_requests(enabled: bool):
   finally:
     for sig, old in previous.items():
       signal.signal(sig, old)
-
-
-def _progress(step: int, start_step: int, num_steps: int, start_time: float) -> dict[str, float]:
-  elapsed = max(time.perf_counter() - start_time, 1e-9)
-  rate = (step - start_step) / elapsed
-  eta = (num_steps - step) / rate if rate > 0 else float("inf")
-  return {"steps_per_sec": rate, "eta_sec": eta}
 
 
 def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, estimator: GradientEstimator,
@@ -200,7 +192,7 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
 
   pending: list[Mapping[str, jax.Array]] = []
   last_metrics: dict[str, float] = {}
-  start_time = time.perf_counter()
+  tracker = progress.Progress(num_outer_steps - start_step, unit="steps")
   done = start_step
 
   def save(step: int) -> None:
@@ -221,11 +213,12 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
             theta, opt_state, est_states[family.name], key_data)
         pending.append(metrics)
         done = step + 1
+        tracker.advance()
         # With several processes, a signal to any of them stops all of them after the same step.
         stop = sharding.any_process(bool(stop_requested))
         if done % log_every == 0 or done == num_outer_steps or stop:
           last_metrics = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
-          last_metrics.update(_progress(done, start_step, num_outer_steps, start_time))
+          last_metrics.update(steps_per_sec=tracker.rate(), eta_sec=tracker.eta())
           writer.write_scalars(done, last_metrics)
           pending = []
         # Evaluations are local computations; only process 0 writes their results, so only it runs them.
