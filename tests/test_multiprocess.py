@@ -18,15 +18,9 @@ from lopt import checkpoints, writers
 from lopt.architectures import ff
 from lopt.meta_trainers import outer_loop, pes
 from lopt.tasks import fixed, quadratic
+from meta_train_cli import SCRIPT, TINY_RUN_BINDINGS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "meta_train.py")
-BINDINGS = [
-    "meta_train.task_sampler = @task_samplers.fixed()",
-    "task_samplers.fixed.task_family = @task_families.quadratic()",
-    "task_families.quadratic.dim = 4",
-    "meta_train.architecture = @architectures.ff()",
-    "architectures.ff.hidden_sizes = (8,)",
+BINDINGS = TINY_RUN_BINDINGS + [
     "meta_train.estimator = @estimators.pes()",
     "estimators.pes.num_tasks = 2",
     "estimators.pes.truncation_length = 4",
