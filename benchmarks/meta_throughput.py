@@ -21,7 +21,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Forced host devices must be set before jax starts; parse that one flag early.
 _DEVICES = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--host_devices=")), 1)

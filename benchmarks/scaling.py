@@ -26,7 +26,6 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 NUM_TASKS, TRUNCATION, HORIZON = 8, 10, 200
 INNER_STEPS_PER_CALL = 2 * NUM_TASKS * TRUNCATION

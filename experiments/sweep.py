@@ -8,19 +8,14 @@ an unfinished one from its checkpoint. <root>/summary.md and summary.json hold t
 configuration. docs/evaluation.md describes the ablation files in gin_configs/ablations/.
 """
 
-import os
-import sys
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-
-from lopt import sweep, writers  # noqa: E402
+from lopt import runs, writers
 
 _GIN_CONFIG = flags.DEFINE_multi_string("gin_config", [], "Base gin config file(s) of every configuration.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Base gin bindings of every configuration.")
 _ROOT = flags.DEFINE_string("root", None, "Directory holding one workdir per configuration.", required=True)
-_VARIANTS = flags.DEFINE_list("variants", [sweep.BASE], "Gin files layered over the base ('base': none).")
+_VARIANTS = flags.DEFINE_list("variants", [runs.sweep.BASE], "Gin files layered over the base ('base': none).")
 _GRID = flags.DEFINE_multi_string("grid", [], "An axis 'param=value1|value2|...'; repeat for a product grid.")
 _WANDB_MODE = flags.DEFINE_enum("wandb_mode", "offline", list(writers.WANDB_MODES), "wandb mode of every run.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Only list the configurations.")
@@ -29,21 +24,11 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Only list the configurations.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    configs = sweep.expand(_VARIANTS.value, _GRID.value)
-    for path in _GIN_CONFIG.value:
-      if not os.path.isfile(path):
-        raise ValueError(f"Gin config file '{path}' does not exist.")
-  except ValueError as e:
-    sys.exit(f"error: {e}")
-  print(f"Sweep of {len(configs)} configurations in {_ROOT.value}:", flush=True)
-  for c in configs:
-    print(f"  {c.name}: files {list(c.config_files)}, bindings {list(c.bindings)}", flush=True)
-  if _DRY_RUN.value:
-    return
-  records = sweep.run_sweep(configs, _ROOT.value, base_configs=_GIN_CONFIG.value, base_bindings=_GIN_BINDINGS.value,
-                            wandb_mode=_WANDB_MODE.value, printer=lambda line: print(line, flush=True))
-  print(sweep.format_summary(records), flush=True)
+  with runs.user_errors():
+    runs.sweep.sweep_from_flags(_ROOT.value, variants=_VARIANTS.value, grid=_GRID.value,
+                                base_configs=_GIN_CONFIG.value, base_bindings=_GIN_BINDINGS.value,
+                                wandb_mode=_WANDB_MODE.value, dry_run=_DRY_RUN.value,
+                                printer=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

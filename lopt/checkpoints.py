@@ -207,21 +207,8 @@ def _fit_to_target(path: str, target: PyTree, raw: PyTree) -> PyTree:
   return jax.tree_util.tree_map_with_path(fit, target, restored)
 
 
-def restore(directory: str, target: PyTree, step: int | None = None) -> tuple[PyTree, int]:
-  """Restores a checkpoint into the structure of ``target``.
-
-  Args:
-    directory: the checkpoint directory.
-    target: a pytree with the saved structure (arrays or ``jax.ShapeDtypeStruct`` leaves give shapes and dtypes).
-    step: the step to restore; by default the newest one that verifies, falling back to older ones.
-
-  Returns:
-    ``(state, step)``.
-
-  Raises:
-    CheckpointError: when no checkpoint can be restored, naming the files tried, or when a verified checkpoint
-      does not fit ``target``.
-  """
+def _read_newest(directory: str, step: int | None) -> tuple[PyTree, int, str]:
+  """The raw state dict of ``step`` (or of the newest checkpoint that verifies), its step and its path."""
   available = _steps_on_disk(directory)
   if step is not None:
     if step not in available:
@@ -234,11 +221,44 @@ def restore(directory: str, target: PyTree, step: int | None = None) -> tuple[Py
   tried = []
   for candidate in candidates:
     path = checkpoint_path(directory, candidate)
-    tried.append(path)
     try:
-      raw = serialization.msgpack_restore(_read_verified(directory, candidate))
+      return serialization.msgpack_restore(_read_verified(directory, candidate)), candidate, path
     except Exception as e:  # pylint: disable=broad-except  # msgpack raises several unrelated types.
       logging.warning("Skipping checkpoint %s: %s", path, e)
-      continue
-    return _fit_to_target(path, target, raw), candidate
-  raise CheckpointError(f"No checkpoint in {directory} could be restored; tried: {', '.join(tried)}.")
+      tried.append(f"{path} ({e})")
+  raise CheckpointError(f"No checkpoint in {directory} could be restored; tried: {'; '.join(tried)}.")
+
+
+def restore(directory: str, target: PyTree, step: int | None = None) -> tuple[PyTree, int]:
+  """Restores a checkpoint into the structure of ``target``.
+
+  Args:
+    directory: the checkpoint directory.
+    target: a pytree with the saved structure (arrays or ``jax.ShapeDtypeStruct`` leaves give shapes and dtypes).
+    step: the step to restore; by default the newest one that verifies, falling back to older ones.
+
+  Returns:
+    ``(state, step)``.
+
+  Raises:
+    CheckpointError: when no checkpoint can be restored, naming the files tried and why, or when a verified
+      checkpoint does not fit ``target``.
+  """
+  raw, step, path = _read_newest(directory, step)
+  return _fit_to_target(path, target, raw), step
+
+
+def restore_entry(directory: str, name: str, target: PyTree, step: int | None = None) -> tuple[PyTree, int]:
+  """Restores one top-level entry of a checkpointed dict (e.g. ``"theta"``) into ``target``'s structure.
+
+  The file is read and verified once; the rest of the state (inner task states, outer optimizer) is never fitted,
+  so a caller needs no target for it.
+
+  Raises:
+    CheckpointError: as ``restore``, or when the checkpoint has no entry ``name``.
+  """
+  raw, step, path = _read_newest(directory, step)
+  if not isinstance(raw, dict) or name not in raw:
+    keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+    raise CheckpointError(f"Checkpoint {path} has no '{name}' (it holds {keys}); is it a meta_train checkpoint?")
+  return _fit_to_target(path, target, raw[name]), step

@@ -8,25 +8,29 @@ problem and, where one exists, the closest registered name. Nothing is ever skip
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib.util  # noqa: F401  gin uses importlib.util without importing it.
 import inspect
 import os
 import re
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import gin
 
 import lopt.architectures  # noqa: F401  registers the plugins.
+import lopt.evaluation  # noqa: F401
 import lopt.meta_trainers  # noqa: F401
 import lopt.tasks  # noqa: F401
-from lopt import evaluation, registry
+from lopt import registry
+from lopt.evaluation import hooks
 from lopt.meta_trainers import outer_loop
 
 EDGE_FUNCTIONS = {
     "meta_train": outer_loop.meta_train,
     "meta_optimizer": outer_loop.default_meta_optimizer,
-    "heldout_comparison": evaluation.heldout_comparison,
-    "periodic_meta_eval": evaluation.periodic_meta_eval,
+    "heldout_comparison": hooks.heldout_comparison,
+    "periodic_meta_eval": hooks.periodic_meta_eval,
 }
 for _name, _fn in EDGE_FUNCTIONS.items():
   gin.register(_name)(_fn)
@@ -72,6 +76,8 @@ def _explain(error: Exception) -> str:
 def parse(config_files: Sequence[str] = (), bindings: Sequence[str] = ()) -> None:
   """Parses gin files then bindings (later ones override earlier ones); raises ``ConfigError`` on any problem."""
   for path in config_files:
+    if os.path.isdir(path):
+      raise ConfigError(f"Gin config file '{path}' is a directory; give a .gin file inside it.")
     if not os.path.isfile(path):
       raise ConfigError(f"Gin config file '{path}' does not exist.")
   try:
@@ -84,3 +90,48 @@ def parse(config_files: Sequence[str] = (), bindings: Sequence[str] = ()) -> Non
 def configured(name: str):
   """The gin-configured version of an edge function (its bindings applied when called)."""
   return gin.get_configurable(EDGE_FUNCTIONS[name])
+
+
+# gin keeps one global configuration; these are the parts a parse or a configured call changes.
+_GIN_STATE = ("_CONFIG", "_SINGLETONS", "_IMPORTS", "_OPERATIVE_CONFIG")
+
+
+def _copy_two_levels(value):
+  if isinstance(value, dict):
+    return {k: copy.copy(v) for k, v in value.items()}
+  return copy.copy(value)
+
+
+@contextlib.contextmanager
+def isolated() -> Iterator[None]:
+  """Runs the block on a private copy of gin's global configuration and restores the caller's afterwards.
+
+  Library code that must parse a config of its own (loading a workdir's optimizer, running one configuration of a
+  sweep) does so inside this block, so the caller's bindings are neither seen nor lost. The block starts from a
+  copy of the caller's configuration; call ``gin.clear_config()`` inside it for a fresh start.
+  """
+  module = gin.config
+  # Two levels: gin binds parameters into the inner per-configurable dicts in place.
+  saved = {name: _copy_two_levels(getattr(module, name)) for name in _GIN_STATE}
+  saved_locked = module.config_is_locked()
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      current = getattr(module, name)
+      current.clear()
+      current.update(value)
+    module._set_config_is_locked(saved_locked)  # pylint: disable=protected-access
+
+
+def plugin_listing() -> str:
+  """Every registered plugin by kind with its gin name, one-line description and (architectures) meta-parameters."""
+  lines = []
+  for kind, module in registry.KINDS.items():
+    lines.append(f"{kind} (gin: @{module}.NAME())")
+    for name in registry.names(kind):
+      extra = ""
+      if kind == "architecture":
+        extra = f" [{registry.lookup(kind, name)().num_meta_parameters()} meta-parameters]"
+      lines.append(f"  {name:<16} {registry.describe(kind, name)}{extra}")
+  return "\n".join(lines)

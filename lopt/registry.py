@@ -1,6 +1,7 @@
 """The one plugin registry of lopt.
 
-Every plugin kind (task families, task samplers, learned-optimizer architectures, gradient estimators) is a
+Every plugin kind (task families, task samplers, learned-optimizer architectures, gradient estimators, evaluation
+suites) is a
 factory registered under ``(kind, name)``. Registration also makes the factory available to gin as
 ``@<gin module>.<name>`` (e.g. ``@architectures.ff()``) without changing the Python object, so library code never
 depends on gin.
@@ -22,6 +23,7 @@ KINDS: dict[str, str] = {
     "task_sampler": "task_samplers",
     "architecture": "architectures",
     "estimator": "estimators",
+    "eval_suite": "eval_suites",
 }
 
 _REGISTRY: dict[str, dict[str, Callable]] = {kind: {} for kind in KINDS}

@@ -18,9 +18,9 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 import numpy as np
 
+from lopt import workdir as workdir_layout
+
 WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
-WANDB_RUN_ID_FILE = "wandb_run_id"
-METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter(abc.ABC):
@@ -190,8 +190,8 @@ def truncate_jsonl(path: str, max_step: int) -> int:
 class WandbWriter(MetricWriter):
   """Writes to a Weights & Biases run (``wandb`` is imported only when this writer is built).
 
-  The run id is stored in ``directory/wandb_run_id``; a later writer on the same directory reuses it, so a resumed
-  run logs to the same wandb run. In ``offline`` mode nothing touches the network: the run is written under
+  The run id is stored in ``directory``'s ``wandb_run_id`` file (``lopt.workdir``); a later writer on the same
+  directory reuses it, so a resumed run logs to the same wandb run. In ``offline`` mode nothing touches the network: the run is written under
   ``directory/wandb`` and can be uploaded later with ``wandb sync``.
   """
 
@@ -212,7 +212,7 @@ class WandbWriter(MetricWriter):
     import wandb  # Lazy: wandb is slow to import and only needed when this writer is used.
 
     os.makedirs(directory, exist_ok=True)
-    id_file = os.path.join(directory, WANDB_RUN_ID_FILE)
+    id_file = workdir_layout.Workdir(directory).wandb_run_id
     if resume_id is None and mode != "disabled" and os.path.exists(id_file):
       with open(id_file, encoding="utf-8") as f:
         resume_id = f.read().strip() or None
@@ -347,13 +347,11 @@ class NullWriter(MetricWriter):
     del hparams
 
 
-TENSORBOARD_DIR = "tensorboard"
-
 
 def create_default_writers(workdir: str, *, wandb_mode: str, config_text: str | None = None,
                            is_main_process: bool = True, wandb_project: str = "lopt",
                            tensorboard: bool | None = None) -> MetricWriter:
-  """Builds the writers of a run: console, ``workdir/metrics.jsonl``, wandb (unless disabled) and TensorBoard.
+  """Builds the writers of a run: console, the workdir's metrics JSONL, wandb (unless disabled) and TensorBoard.
 
   Args:
     workdir: the run directory.
@@ -371,18 +369,19 @@ def create_default_writers(workdir: str, *, wandb_mode: str, config_text: str | 
     raise ValueError(f"Unknown wandb mode '{wandb_mode}'. Choices: {', '.join(WANDB_MODES)}.")
   if not is_main_process:
     return NullWriter()
+  layout = workdir_layout.Workdir(workdir)
   if tensorboard and not tensorboard_available():
     raise ImportError(TENSORBOARD_MISSING)  # before any writer (a wandb run) is started
-  writers: list[MetricWriter] = [ConsoleWriter(), JsonlWriter(os.path.join(workdir, METRICS_FILE))]
+  writers: list[MetricWriter] = [ConsoleWriter(), JsonlWriter(layout.metrics)]
   if wandb_mode != "disabled":
     writers.append(WandbWriter(mode=wandb_mode, project=wandb_project, directory=workdir))
   if tensorboard is None:
     tensorboard = tensorboard_available()
     if tensorboard:
       logging.info("Writing TensorBoard event files to %s (the [tensorboard] extra is installed).",
-                   os.path.join(workdir, TENSORBOARD_DIR))
+                   layout.tensorboard)
   if tensorboard:
-    writers.append(TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR)))
+    writers.append(TensorBoardWriter(layout.tensorboard))
   writer = MultiWriter(writers)
   if config_text is not None:
     writer.write_hparams({"gin_config": config_text})

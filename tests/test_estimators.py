@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from lopt.architectures.base import LearnedOptimizer
-from lopt.meta_trainers import combined, es, pes, tbptt, truncation
+from lopt.meta_trainers import antithetic, combined, es, pes, tbptt, truncation
 from lopt.meta_trainers import unroll as unroll_lib
 from lopt.tasks import quadratic
 from test_pes import ARCH, HORIZON, KW, TRUNCATION, episode_estimate  # pylint: disable=wrong-import-order
@@ -38,7 +38,8 @@ def test_full_horizon_es_matches_exact_gradient():
   theta = ARCH.init(jax.random.key(0))
   # episode_estimate's first key is fold_in(key(seed + 1), 0); full-horizon ES draws its fresh tasks from it.
   reset_key = jax.random.split(jax.random.fold_in(jax.random.key(2), 0), 3)[0]
-  pairs = estimator._pairs(theta, reset_key, False, **KW)  # pylint: disable=protected-access
+  settings, _ = estimator.settings
+  pairs = antithetic.init_pairs(theta, reset_key, settings.episodes, num_tasks=1024, copies=1, stagger=False, **KW)
   start = jax.tree.map(lambda x: x[0], pairs)
   est, exact = episode_estimate(estimator, 1, start_of=lambda _: start, num_truncations=1)
   assert _cosine(est, exact) >= 0.99
@@ -205,7 +206,7 @@ def test_final_and_outer_valid_objectives():
   for objective in ("mean", "final"):
     estimator = tbptt.tbptt(num_tasks=1, truncation_length=5, horizon=10, objective=objective,
                             meta_loss_split="outer_valid", stagger=False)
-    assert estimator.objective == objective
+    assert estimator.settings.objective == objective
   from lopt.meta_trainers import objectives  # pylint: disable=import-outside-toplevel
   np.testing.assert_allclose(objectives.reduce(losses, "final"), losses[-1])
   np.testing.assert_allclose(objectives.reduce(losses, "mean"), jnp.mean(losses))
@@ -252,7 +253,8 @@ def test_estimator_gin_files_build(clean_gin):
     gin.clear_config()
     config.parse([path])
     estimator = gin.query_parameter("meta_train.estimator").scoped_configurable_fn()
-    assert estimator.num_tasks >= 1, path
+    # Each file configures the estimator it is named after (es_full.gin: es with full_horizon).
+    assert estimator.name == os.path.basename(path).split(".")[0].split("_")[0], path
 
 
 @pytest.mark.slow  # two meta_train compilations: ~20-40 s on 2 cores

@@ -13,7 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from lopt import checkpoints, comparison, config, eval_baselines, eval_suites, evaluation, plots, trained, writers
+from lopt import checkpoints, config, writers
+from lopt.evaluation import hooks, plots, scoring, suites, training, tuned_baselines
+from lopt.evaluation import report as report_lib
+from lopt.runs import trained
 from lopt.architectures import baselines, ff
 from lopt.meta_trainers import outer_loop
 from lopt.meta_trainers import pes as pes_lib
@@ -25,16 +28,16 @@ def _adam(lr):
 
 
 def test_eval_steps():
-  assert evaluation.eval_steps(10, 5) == [0, 5, 10]
-  assert evaluation.eval_steps(10, 4) == [0, 4, 8, 10]
-  assert evaluation.eval_steps(10, 0) == [10]
-  assert evaluation.eval_steps(10, 20) == [10]
+  assert training.eval_steps(10, 5) == [0, 5, 10]
+  assert training.eval_steps(10, 4) == [0, 4, 8, 10]
+  assert training.eval_steps(10, 0) == [10]
+  assert training.eval_steps(10, 20) == [10]
 
 
 def test_train_tasks_curves_and_an_independent_loop():
   family = quadratic(4)
   key = jax.random.key(3)
-  result = evaluation.train_tasks(family, _adam(0.1), key, num_tasks=2, num_steps=10, eval_every=4)
+  result = training.train_tasks(family, _adam(0.1), key, num_tasks=2, num_steps=10, eval_every=4)
   assert result["train_loss"].shape == (2, 10) and result["test_curve"].shape == (2, 4)
   np.testing.assert_array_equal(result["test_curve"][:, -1], result["test_loss"])
   # The first training loss is the initial loss, measured before any update: recompute it by hand.
@@ -52,12 +55,12 @@ def test_grid_and_stacked_lanes_equal_separate_runs():
   family = classic_2d("rosenbrock")
   key = jax.random.key(0)
   common = dict(num_tasks=2, num_steps=12, eval_every=6)
-  separate = {lr: evaluation.train_tasks(family, _adam(lr), key, **common) for lr in (1e-3,)}
+  separate = {lr: training.train_tasks(family, _adam(lr), key, **common) for lr in (1e-3,)}
   sgd = lambda lr, n: baselines.sgd_momentum(learning_rate=lr).optimizer({}, num_steps=n)
-  sgd_run = evaluation.train_tasks(family, lambda n: sgd(1e-3, n), key, **common)
-  grid = evaluation.train_grid(family, lambda lr, n: _adam(lr)(n), np.array([1e-3, 1e-2]), key, **common)
+  sgd_run = training.train_tasks(family, lambda n: sgd(1e-3, n), key, **common)
+  grid = training.train_grid(family, lambda lr, n: _adam(lr)(n), np.array([1e-3, 1e-2]), key, **common)
   makers = [lambda lr, n: _adam(lr)(n), sgd]
-  stacked = evaluation.train_stacked(family, makers, [(0, 1e-3), (1, 1e-3), (0, 1e-2)], key, **common)
+  stacked = training.train_stacked(family, makers, [(0, 1e-3), (1, 1e-3), (0, 1e-2)], key, **common)
   for name in ("train_loss", "test_curve"):
     np.testing.assert_allclose(grid[name][0], separate[1e-3][name], rtol=1e-5)
 
@@ -65,17 +68,17 @@ def test_grid_and_stacked_lanes_equal_separate_runs():
     np.testing.assert_allclose(stacked[name][1], sgd_run[name], rtol=1e-5)
     np.testing.assert_allclose(stacked[name][2], grid[name][1], rtol=1e-5)
   with pytest.raises(ValueError, match="indices below 2"):
-    evaluation.train_stacked(family, makers, [(2, 0.1)], key, **common)
+    training.train_stacked(family, makers, [(2, 0.1)], key, **common)
 
 
 def test_schedule_free_is_evaluated_at_its_average():
   family = quadratic(4)
   key = jax.random.key(0)
-  schedule_free = eval_baselines.default_baselines(names=["schedule_free_adamw"])[0]
+  schedule_free = tuned_baselines.default_baselines(names=["schedule_free_adamw"])[0]
   common = dict(num_tasks=2, num_steps=10)
-  averaged = evaluation.train_tasks(family, lambda n: schedule_free.make(0.01, n), key,
+  averaged = training.train_tasks(family, lambda n: schedule_free.make(0.01, n), key,
                                     eval_params=schedule_free.eval_params, **common)
-  iterate = evaluation.train_tasks(family, lambda n: schedule_free.make(0.01, n), key, **common)
+  iterate = training.train_tasks(family, lambda n: schedule_free.make(0.01, n), key, **common)
   np.testing.assert_array_equal(averaged["train_loss"], iterate["train_loss"])
   assert not np.allclose(averaged["test_loss"], iterate["test_loss"])
 
@@ -124,8 +127,8 @@ def test_evaluate_two_tiny_tasks_end_to_end(trained_workdir, tmp_path):
   workdir, _ = trained_workdir
   loaded = trained.load(str(workdir))
   lines = []
-  report = comparison.evaluate_suite(
-      eval_suites.tiny_suite(), baselines=eval_baselines.default_baselines(adam_learning_rates=(1e-2, 1e-1),
+  report = scoring.evaluate_suite(
+      suites.tiny_suite(), baselines=tuned_baselines.default_baselines(adam_learning_rates=(1e-2, 1e-1),
                                                                            sgd_learning_rates=(1e-2,)),
       learned=lambda n: loaded.architecture.optimizer(loaded.theta, num_steps=n), learned_name="ff_small",
       num_steps=10, num_seeds=2, baseline_steps_factor=2, eval_every=5, printer=lines.append)
@@ -142,7 +145,7 @@ def test_evaluate_two_tiny_tasks_end_to_end(trained_workdir, tmp_path):
     assert "value" in task["speedup"] and task["speedup"]["label"].endswith("x")
   assert "geometric_mean" in report["speedup_summary"]
 
-  paths = comparison.write_report(report, str(tmp_path / "out"))
+  paths = report_lib.write_report(report, str(tmp_path / "out"))
   with open(paths["json"]) as f:
     assert json.load(f)["tasks"].keys() == report["tasks"].keys()
   markdown = open(paths["markdown"]).read()
@@ -152,7 +155,7 @@ def test_evaluate_two_tiny_tasks_end_to_end(trained_workdir, tmp_path):
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8 and image.shape[0] > 100
 
   recorder = writers.JsonlWriter(str(tmp_path / "out" / "metrics.jsonl"))
-  comparison.track_report(recorder, report, paths, step=2)
+  report_lib.track_report(recorder, report, paths, step=2)
   recorder.close()
   (row,) = writers.read_jsonl(str(tmp_path / "out" / "metrics.jsonl"))
   assert row["step"] == 2 and "rosenbrock/adam/final_train_loss" in row and "speedup/geometric_mean" in row
@@ -160,15 +163,15 @@ def test_evaluate_two_tiny_tasks_end_to_end(trained_workdir, tmp_path):
 
 def test_evaluate_rejects_bad_settings():
   with pytest.raises(ValueError, match="divisible"):
-    comparison.evaluate_suite(eval_suites.tiny_suite(), baselines=[], num_steps=10, eval_every=3)
-  with pytest.raises(ValueError, match="Unknown evaluation suite 'tinny'"):
-    eval_suites.get_suite("tinny")
+    scoring.evaluate_suite(suites.tiny_suite(), baselines=[], num_steps=10, eval_every=3)
+  with pytest.raises(KeyError, match="No eval_suite named 'tinny'.*Did you mean 'tiny'"):
+    suites.get_suite("tinny")
   with pytest.raises(ValueError, match="Unknown baselines"):
-    eval_baselines.default_baselines(names=["adamm"])
+    tuned_baselines.default_baselines(names=["adamm"])
 
 
 def test_periodic_meta_eval_through_meta_train(tmp_path):
-  meta_eval = evaluation.periodic_meta_eval(num_tasks=2, num_steps=10, fast_compile=True)
+  meta_eval = hooks.periodic_meta_eval(num_tasks=2, num_steps=10, fast_compile=True)
   result = _meta_train(tmp_path, meta_eval=meta_eval, meta_eval_every=1)
   rows = [r for r in writers.read_jsonl(str(tmp_path / "metrics.jsonl")) if "meta_eval/mean/test_loss" in r]
   assert [r["step"] for r in rows] == [1, 2]

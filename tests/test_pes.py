@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lopt.architectures import baselines
+from lopt.meta_trainers import antithetic
 from lopt.meta_trainers import pes as pes_lib
 from lopt.meta_trainers import unroll as unroll_lib
 from lopt.tasks import quadratic
@@ -95,7 +96,7 @@ def test_pes_resets_accumulator_at_horizon():
   draws = []
   for j in range(3):
     key = jax.random.key(j)
-    draws.append(pes_lib._tree_normal(jax.random.split(key, 3)[1], theta, 0.1, 2))  # pylint: disable=protected-access
+    draws.append(antithetic.tree_normal(jax.random.split(key, 3)[1], theta, 0.1, 2))
     _, state, metrics = estimator.estimate(theta, state, key, **kw)
     if j == 1:  # the second truncation of the episode carries both perturbations
       expected = jax.tree.map(jnp.add, draws[0], draws[1])

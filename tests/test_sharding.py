@@ -147,8 +147,5 @@ def test_task_axes_of_combined_estimator_follow_each_part():
 
 
 def test_shared_scalars_are_replicated():
-  class WithCounter(tbptt.TBPTT):
-    pass
-
-  axes = WithCounter(num_tasks_=2).task_axes({"count": np.zeros(()), "per_task": np.zeros((2, 3))})
+  axes = tbptt.tbptt(num_tasks=2).task_axes({"count": np.zeros(()), "per_task": np.zeros((2, 3))})
   assert axes == {"count": None, "per_task": 0}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lopt import speedup
+from lopt.evaluation import speedup
 
 
 def _line(start, slope, n):

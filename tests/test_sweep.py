@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from lopt import sweep, writers
+from lopt import writers
+from lopt import workdir as layout
+from lopt.runs import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ES = os.path.join(ROOT, "gin_configs", "ablations", "estimator_es.gin")
@@ -88,12 +90,12 @@ def test_interrupted_configuration_stops_the_sweep(tmp_path):
   lines = []
   records = sweep.run_sweep(sweep.expand(["base"], ["a=1|2"]), str(tmp_path), printer=lines.append, run=interrupted)
   assert [r["name"] for r in records] == ["a=1"]
-  assert not os.path.exists(os.path.join(tmp_path, "a=1", sweep.RESULT_FILE))  # resumed, not skipped, next time
+  assert not os.path.exists(os.path.join(tmp_path, "a=1", layout.SWEEP_RESULT))  # resumed, not skipped, next time
   assert "resume" in lines[-1]
 
 
 def test_final_metrics_collects_meta_eval_and_heldout(tmp_path):
-  writer = writers.JsonlWriter(str(tmp_path / writers.METRICS_FILE))
+  writer = writers.JsonlWriter(str(tmp_path / layout.METRICS))
   writer.write_scalars(5, {"meta_loss": 0.9, "meta_eval/mean/test_loss": 0.7, "meta_eval/f/test_loss": 0.7})
   writer.write_scalars(10, {"meta_loss": 0.8, "meta_eval/mean/test_loss": 0.6})
   writer.close()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lopt import writers
+from lopt import workdir as layout
 
 
 @pytest.fixture
@@ -114,7 +115,7 @@ def test_wandb_disabled(wandb_env):
   writer.write_scalars(1, {"loss": 1.0})
   writer.write_hparams({"gin_config": "x = 1"})
   writer.close()
-  assert not os.path.exists(os.path.join(directory, writers.WANDB_RUN_ID_FILE))
+  assert not os.path.exists(os.path.join(directory, layout.WANDB_RUN_ID))
   assert not glob.glob(os.path.join(directory, "wandb", "*run-*"))
 
 
@@ -132,7 +133,7 @@ def test_wandb_offline_writes_run_and_resumes_same_id(wandb_env):
   writer.close()
   writer.close()  # Idempotent.
 
-  with open(os.path.join(directory, writers.WANDB_RUN_ID_FILE), encoding="utf-8") as f:
+  with open(os.path.join(directory, layout.WANDB_RUN_ID), encoding="utf-8") as f:
     assert f.read() == run_id
   run_files = glob.glob(os.path.join(directory, "wandb", "offline-run-*", f"run-{run_id}.wandb"))
   assert len(run_files) == 1 and os.path.getsize(run_files[0]) > 0
@@ -164,7 +165,7 @@ def test_default_writers_offline(wandb_env):
   writer = writers.create_default_writers(workdir, wandb_mode="offline", config_text="a = 1")
   writer.write_scalars(1, {"loss": 0.5})
   writer.close()
-  assert os.path.exists(os.path.join(workdir, writers.WANDB_RUN_ID_FILE))
+  assert os.path.exists(os.path.join(workdir, layout.WANDB_RUN_ID))
   assert glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))
   assert writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) == [{"step": 1, "loss": 0.5}]
 
@@ -219,7 +220,7 @@ def test_tensorboard_requested_but_missing_names_the_extra(wandb_env):
   assert not os.path.exists(os.path.join(workdir, "wandb"))  # failed before starting a wandb run
   writer = writers.create_default_writers(workdir, wandb_mode="disabled")  # auto: silently without
   writer.close()
-  assert not os.path.exists(os.path.join(workdir, writers.TENSORBOARD_DIR))
+  assert not os.path.exists(os.path.join(workdir, layout.TENSORBOARD))
 
 
 class _FakeSummaryWriter:
@@ -252,7 +253,7 @@ def test_tensorboard_writer_through_clu(wandb_env, monkeypatch):
   writer.write_images(4, {"plot": _image()})
   writer.close()
   (tb,) = _FakeSummaryWriter.instances
-  assert tb.logdir == os.path.join(workdir, writers.TENSORBOARD_DIR)
+  assert tb.logdir == os.path.join(workdir, layout.TENSORBOARD)
   assert [c[0] for c in tb.calls] == ["write_texts", "write_scalars", "write_images", "close"]
   assert tb.calls[0][1:] == (0, {"gin_config": "a = 1"})
   assert tb.calls[1][1:] == (4, {"loss": 0.5}) and isinstance(tb.calls[1][2]["loss"], float)

@@ -8,29 +8,44 @@ since the episode began it is PES (unbiased for the full horizon).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from lopt import arguments
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import objectives
 from lopt.meta_trainers import unroll as unroll_lib
-from lopt.meta_trainers.truncation import TruncationSchedule
+from lopt.meta_trainers.truncation import Truncation, TruncationSchedule
 from lopt.tasks.base import TaskFamily
 from lopt.types import MetaParams, PRNGKey
 
 
-class AntitheticConfig(Protocol):
-  """The hyperparameters ``truncation_step`` reads (``PES`` and ``ES`` have them)."""
+@dataclasses.dataclass(frozen=True)
+class Perturbation:
+  """How theta is perturbed and how loss differences are bounded, validated once (``pes`` and ``es`` share it).
 
-  truncation_length: int
-  std: float
-  objective: str
-  meta_loss_split: str
-  max_loss: float
-  loss_clip: float | None
-  diff_clip: float | None
+  Attributes:
+    std: standard deviation of the Gaussian perturbations of theta.
+    loss_clip: each step's normalised loss is clipped to this before reducing, so one diverging perturbation cannot
+      dominate the estimate (None: no clipping).
+    diff_clip: optional bound on ``|L+ - L-|``.
+    owner: how errors name the parameters, e.g. ``"estimators.pes"``.
+  """
+
+  std: float = 0.01
+  loss_clip: float | None = 10.0
+  diff_clip: float | None = None
+  owner: str = dataclasses.field(default="perturbation", compare=False, repr=False)
+
+  def __post_init__(self):
+    name = lambda param: f"{self.owner}.{param}"
+    object.__setattr__(self, "std", arguments.real(name("std"), self.std, minimum=0.0, open_minimum=True))
+    for field in ("loss_clip", "diff_clip"):
+      value = arguments.optional_real(name(field), getattr(self, field), minimum=0.0, open_minimum=True)
+      object.__setattr__(self, field, value)
 
 
 def tree_normal(key: PRNGKey, tree: MetaParams, std: float, batch: int) -> MetaParams:
@@ -53,14 +68,15 @@ def init_pairs(theta: MetaParams, key: PRNGKey, schedule: TruncationSchedule, *,
   return jax.tree.map(lambda x: jnp.stack([x, x]), fresh)
 
 
-def truncation_step(config: AntitheticConfig, theta: MetaParams, inner: unroll_lib.TaskState, eps: MetaParams,
-                    direction: MetaParams, key: PRNGKey, *, copies: int, task_family: TaskFamily,
-                    learned_optimizer: LearnedOptimizer) -> tuple[MetaParams, unroll_lib.TaskState, jax.Array,
-                                                                  dict[str, Any]]:
+def truncation_step(settings: Truncation, perturbation: Perturbation, theta: MetaParams,
+                    inner: unroll_lib.TaskState, eps: MetaParams, direction: MetaParams, key: PRNGKey, *, copies: int,
+                    task_family: TaskFamily, learned_optimizer: LearnedOptimizer
+                    ) -> tuple[MetaParams, unroll_lib.TaskState, jax.Array, dict[str, Any]]:
   """Unrolls the pairs one truncation with theta +/- eps and forms the estimate along ``direction``.
 
   Args:
-    config: the estimator's hyperparameters.
+    settings: the truncation settings (length, objective, split, masking bound).
+    perturbation: the perturbation scale and clipping of the loss differences.
     theta: meta-parameters.
     inner: states with leading axes ``(2, slots)``.
     eps: this truncation's perturbations, leading axis ``slots``.
@@ -76,20 +92,20 @@ def truncation_step(config: AntitheticConfig, theta: MetaParams, inner: unroll_l
   num_slots = inner.step.shape[1]
   thetas = jax.tree.map(lambda t, e: jnp.stack([t[None] + e, t[None] - e]), theta, eps)
   run = lambda th, s, k: unroll_lib.unroll(
-      th, s, k, config.truncation_length, task_family=task_family, learned_optimizer=learned_optimizer,
-      meta_loss_split=config.meta_loss_split)
+      th, s, k, settings.truncation_length, task_family=task_family, learned_optimizer=learned_optimizer,
+      meta_loss_split=settings.meta_loss_split)
   task_keys = jnp.repeat(jax.random.split(key, num_slots // copies), copies, axis=0)
   # Both signs see the same keys, hence the same data: the antithetic pair differs only by the perturbation.
   inner, losses = jax.vmap(jax.vmap(run), in_axes=(0, 0, None))(thetas, inner, task_keys)
 
-  raw = objectives.reduce(losses, config.objective)  # (2, slots)
-  clipped = objectives.reduce(losses, config.objective, loss_clip=config.loss_clip)
-  valid = jnp.all(objectives.valid(raw, inner.params, config.max_loss, lead=2), axis=0)
+  raw = objectives.reduce(losses, settings.objective)  # (2, slots)
+  clipped = objectives.reduce(losses, settings.objective, loss_clip=perturbation.loss_clip)
+  valid = jnp.all(objectives.valid(raw, inner.params, settings.max_loss, lead=2), axis=0)
   diff = clipped[0] - clipped[1]
-  if config.diff_clip is not None:
-    diff = jnp.clip(diff, -config.diff_clip, config.diff_clip)
+  if perturbation.diff_clip is not None:
+    diff = jnp.clip(diff, -perturbation.diff_clip, perturbation.diff_clip)
   diff = jnp.where(valid, diff, 0.0)
-  scale = diff / (2.0 * config.std**2) / jnp.maximum(jnp.sum(valid), 1)
+  scale = diff / (2.0 * perturbation.std**2) / jnp.maximum(jnp.sum(valid), 1)
   grad = jax.tree.map(lambda a: jnp.tensordot(scale, a, axes=1).astype(a.dtype), direction)
   grad = objectives.finite_or_zero(grad)
 

@@ -2,67 +2,68 @@
 
 Each estimator keeps its own state and tasks; ``estimate`` calls every one with its own key and returns the
 weighted mean of their gradients. Mixing, e.g., low-variance TBPTT with unbiased PES trades bias for variance.
+Metrics of part ``i`` are prefixed ``<i>_<part name>/``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import jax
 
+from lopt import arguments
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import objectives
-from lopt.meta_trainers.base import GradientEstimator
+from lopt.meta_trainers.estimator import GradientEstimator
 from lopt.registry import register
 from lopt.tasks.base import TaskFamily
 from lopt.types import MetaParams, PRNGKey
 
 
-@dataclasses.dataclass(frozen=True)
-class Combined(GradientEstimator):
-  """Weighted average of several estimators (weights normalised to sum to one)."""
+@register("estimator", "combined")
+def combined(*, estimators: Sequence[GradientEstimator], weights: Sequence[float] | None = None) -> GradientEstimator:
+  """Weighted average of several estimators' meta-gradients (each keeps its own tasks and state).
 
-  estimators: tuple[GradientEstimator, ...]
-  weights: tuple[float, ...]
+  Args:
+    estimators: the parts.
+    weights: one non-negative weight per part (normalised to sum to one); default equal weights.
+  """
+  if isinstance(estimators, GradientEstimator) or not isinstance(estimators, Sequence) or not estimators or not all(
+      isinstance(e, GradientEstimator) for e in estimators):
+    raise arguments.ArgumentError("estimators.combined.estimators",
+                                  f"must be a non-empty list of estimators (e.g. [@estimators.pes()]), got "
+                                  f"{estimators!r}.")
+  parts = tuple(estimators)
+  weights = (1.0,) * len(parts) if weights is None else arguments.reals("estimators.combined.weights", weights,
+                                                                       minimum=0.0)
+  if len(weights) != len(parts) or sum(weights) <= 0:
+    raise arguments.ArgumentError("estimators.combined.weights", f"needs one non-negative weight per estimator "
+                                  f"({len(parts)}) with a positive sum, got {list(weights)}.")
+  weights = tuple(w / sum(weights) for w in weights)
+  prefixes = [f"{i}_{e.name}" for i, e in enumerate(parts)]
 
-  def __post_init__(self):
-    if not self.estimators or len(self.weights) != len(self.estimators) or min(self.weights) < 0:
-      raise ValueError("combined needs at least one estimator and one non-negative weight per estimator.")
-    total = sum(self.weights)
-    if total <= 0:
-      raise ValueError("combined needs a positive total weight.")
-    object.__setattr__(self, "weights", tuple(w / total for w in self.weights))
-
-  @property
-  def num_tasks(self) -> int:
-    return sum(e.num_tasks for e in self.estimators)
-
-  def init(self, theta: MetaParams, key: PRNGKey, *, task_family: TaskFamily,
+  def init(theta: MetaParams, key: PRNGKey, *, task_family: TaskFamily,
            learned_optimizer: LearnedOptimizer) -> tuple[Any, ...]:
-    keys = jax.random.split(key, len(self.estimators))
+    keys = jax.random.split(key, len(parts))
     return tuple(e.init(theta, k, task_family=task_family, learned_optimizer=learned_optimizer)
-                 for e, k in zip(self.estimators, keys))
+                 for e, k in zip(parts, keys))
 
-  def estimate(self, theta: MetaParams, state: tuple[Any, ...], key: PRNGKey, *, task_family: TaskFamily,
+  def estimate(theta: MetaParams, state: tuple[Any, ...], key: PRNGKey, *, task_family: TaskFamily,
                learned_optimizer: LearnedOptimizer) -> tuple[MetaParams, tuple[Any, ...], dict[str, Any]]:
-    keys = jax.random.split(key, len(self.estimators))
+    keys = jax.random.split(key, len(parts))
     grads, states, metrics = [], [], {}
-    for i, (est, s, k) in enumerate(zip(self.estimators, state, keys)):
+    for est, prefix, s, k in zip(parts, prefixes, state, keys):
       g, s, m = est.estimate(theta, s, k, task_family=task_family, learned_optimizer=learned_optimizer)
       grads.append(g)
       states.append(s)
-      metrics.update({f"{i}_{type(est).__name__.lower()}/{name}": v for name, v in m.items()})
-    grad = jax.tree.map(lambda *gs: sum(w * g for w, g in zip(self.weights, gs)), *grads)
-    metrics["masked_tasks"] = sum(metrics[f"{i}_{type(e).__name__.lower()}/masked_tasks"]
-                                  for i, e in enumerate(self.estimators))
-    metrics["meta_loss"] = sum(w * metrics[f"{i}_{type(e).__name__.lower()}/meta_loss"]
-                               for i, (w, e) in enumerate(zip(self.weights, self.estimators)))
+      metrics.update({f"{prefix}/{name}": v for name, v in m.items()})
+    grad = jax.tree.map(lambda *gs: sum(w * g for w, g in zip(weights, gs)), *grads)
+    metrics["masked_tasks"] = sum(metrics[f"{p}/masked_tasks"] for p in prefixes)
+    metrics["meta_loss"] = sum(w * metrics[f"{p}/meta_loss"] for w, p in zip(weights, prefixes))
     return objectives.finite_or_zero(grad), tuple(states), metrics
 
+  def task_axes(state: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(e.task_axes(s) for e, s in zip(parts, state))
 
-@register("estimator", "combined")
-def combined(*, estimators: Sequence[GradientEstimator], weights: Sequence[float] | None = None) -> Combined:
-  """Weighted average of several estimators' meta-gradients (each keeps its own tasks and state)."""
-  estimators = tuple(estimators)
-  return Combined(estimators=estimators, weights=tuple(weights) if weights is not None else (1.0,) * len(estimators))
+  return GradientEstimator(name="combined", num_tasks=sum(e.num_tasks for e in parts), init=init,
+                           estimate=estimate, task_axes=task_axes, settings=(parts, weights))

@@ -13,15 +13,17 @@ the inner updates, so it copes with chaotic or non-differentiable inner training
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from lopt import arguments
 from lopt.architectures.base import LearnedOptimizer
-from lopt.meta_trainers import antithetic, truncation
+from lopt.meta_trainers import antithetic
 from lopt.meta_trainers import unroll as unroll_lib
+from lopt.meta_trainers.estimator import GradientEstimator
+from lopt.meta_trainers.truncation import Truncation
 from lopt.registry import register
 from lopt.tasks.base import TaskFamily
 from lopt.types import MetaParams, PRNGKey
@@ -33,12 +35,15 @@ class ESState(NamedTuple):
   inner: unroll_lib.TaskState
 
 
-@dataclasses.dataclass(frozen=True)
-class ES(truncation.TruncatedEstimator):
-  """Antithetic ES.
+@register("estimator", "es")
+def es(*, num_tasks: int = 8, num_pairs: int = 1, truncation_length: int = 10, horizon: int = 200,
+       std: float = 0.01, full_horizon: bool = False, stagger: bool = True, meta_loss_split: str = "train",
+       objective: str = "mean", schedule: str = "constant", min_horizon: int | None = None,
+       max_loss: float = 1e3, loss_clip: float | None = 10.0, diff_clip: float | None = None) -> GradientEstimator:
+  """Antithetic ES over one truncation (biased, cheap) or the full horizon (unbiased, one full unroll).
 
-  Attributes:
-    num_tasks_: tasks trained in parallel.
+  Args:
+    num_tasks: tasks trained in parallel.
     num_pairs: antithetic pairs per task (each pair costs two unrolls).
     truncation_length: inner steps per estimate (K); ignored with ``full_horizon``.
     horizon: inner steps per episode, rounded up to a multiple of K.
@@ -53,69 +58,44 @@ class ES(truncation.TruncatedEstimator):
     loss_clip: each step's normalised loss is clipped to this before reducing.
     diff_clip: optional bound on ``|L+ - L-|``.
   """
+  settings = Truncation(num_tasks=num_tasks, truncation_length=truncation_length, horizon=horizon,
+                        schedule=schedule, min_horizon=min_horizon, stagger=stagger, objective=objective,
+                        meta_loss_split=meta_loss_split, max_loss=max_loss, owner="estimators.es")
+  perturbation = antithetic.Perturbation(std=std, loss_clip=loss_clip, diff_clip=diff_clip, owner="estimators.es")
+  num_pairs = arguments.integer("estimators.es.num_pairs", num_pairs, minimum=1)
+  full_horizon = arguments.boolean("estimators.es.full_horizon", full_horizon)
+  if full_horizon and settings.schedule != "constant":
+    raise arguments.ArgumentError("estimators.es.schedule", "full_horizon=True needs the 'constant' schedule, got "
+                                  f"'{settings.schedule}'.")
+  episodes = settings.episodes
+  slots = settings.num_tasks * num_pairs
 
-  num_tasks_: int = 8
-  num_pairs: int = 1
-  truncation_length: int = 10
-  horizon: int = 200
-  std: float = 0.01
-  full_horizon: bool = False
-  stagger: bool = True
-  meta_loss_split: str = "train"
-  objective: str = "mean"
-  schedule: str = "constant"
-  min_horizon: int | None = None
-  max_loss: float = 1e3
-  loss_clip: float | None = 10.0
-  diff_clip: float | None = None
+  def pairs(theta, key, stagger, **kw) -> unroll_lib.TaskState:
+    return antithetic.init_pairs(theta, key, episodes, num_tasks=settings.num_tasks, copies=num_pairs,
+                                 stagger=stagger, **kw)
 
-  def __post_init__(self):
-    if self.num_tasks_ < 1 or self.num_pairs < 1 or self.std <= 0:
-      raise ValueError("es needs num_tasks >= 1, num_pairs >= 1 and std > 0, got "
-                       f"{self.num_tasks_}, {self.num_pairs} and {self.std}.")
-    if self.full_horizon and self.schedule != "constant":
-      raise ValueError(f"es with full_horizon needs the 'constant' schedule, got '{self.schedule}'.")
-    self._check_truncation()
-
-  def _pairs(self, theta, key, stagger, **kw) -> unroll_lib.TaskState:
-    return antithetic.init_pairs(theta, key, self.truncation_schedule, num_tasks=self.num_tasks,
-                                 copies=self.num_pairs, stagger=stagger, **kw)
-
-  def init(self, theta: MetaParams, key: PRNGKey, *, task_family: TaskFamily,
+  def init(theta: MetaParams, key: PRNGKey, *, task_family: TaskFamily,
            learned_optimizer: LearnedOptimizer) -> ESState:
-    kw = dict(task_family=task_family, learned_optimizer=learned_optimizer)
-    if self.full_horizon:
-      # The state only fixes shapes for checkpoints; every estimate starts fresh tasks.
-      return ESState(inner=self._pairs(theta, key, False, **kw))
-    return ESState(inner=self._pairs(theta, key, self.stagger, **kw))
+    # With full_horizon the state only fixes shapes for checkpoints; every estimate starts fresh tasks.
+    return ESState(inner=pairs(theta, key, settings.stagger and not full_horizon, task_family=task_family,
+                               learned_optimizer=learned_optimizer))
 
-  def estimate(self, theta: MetaParams, state: ESState, key: PRNGKey, *, task_family: TaskFamily,
+  def estimate(theta: MetaParams, state: ESState, key: PRNGKey, *, task_family: TaskFamily,
                learned_optimizer: LearnedOptimizer) -> tuple[MetaParams, ESState, dict[str, Any]]:
     reset_key, noise_key, unroll_key = jax.random.split(key, 3)
     kw = dict(task_family=task_family, learned_optimizer=learned_optimizer)
-    slots = self.num_tasks * self.num_pairs
-    eps = antithetic.tree_normal(noise_key, theta, self.std, slots)
-    if self.full_horizon:
-      inner = self._pairs(theta, reset_key, False, **kw)
-      config = dataclasses.replace(self, truncation_length=self.horizon)
+    eps = antithetic.tree_normal(noise_key, theta, perturbation.std, slots)
+    if full_horizon:
+      inner = pairs(theta, reset_key, False, **kw)
+      step_settings = settings.full_horizon()
       done = jnp.ones((slots,), bool)
     else:
-      inner, done = unroll_lib.reset_finished(theta, state.inner, reset_key, self.truncation_schedule,
-                                              copies=self.num_pairs, **kw)
-      config = self
-    grad, inner, _, metrics = antithetic.truncation_step(config, theta, inner, eps, eps, unroll_key,
-                                                         copies=self.num_pairs, **kw)
+      inner, done = unroll_lib.reset_finished(theta, state.inner, reset_key, episodes, copies=num_pairs, **kw)
+      step_settings = settings
+    grad, inner, _, metrics = antithetic.truncation_step(step_settings, perturbation, theta, inner, eps, eps,
+                                                         unroll_key, copies=num_pairs, **kw)
     metrics["resets"] = jnp.sum(done)
     return grad, ESState(inner=inner), metrics
 
-
-@register("estimator", "es")
-def es(*, num_tasks: int = 8, num_pairs: int = 1, truncation_length: int = 10, horizon: int = 200,
-       std: float = 0.01, full_horizon: bool = False, stagger: bool = True, meta_loss_split: str = "train",
-       objective: str = "mean", schedule: str = "constant", min_horizon: int | None = None,
-       max_loss: float = 1e3, loss_clip: float | None = 10.0, diff_clip: float | None = None) -> ES:
-  """Antithetic ES over one truncation (biased, cheap) or the full horizon (unbiased, one full unroll)."""
-  return ES(num_tasks_=num_tasks, num_pairs=num_pairs, truncation_length=truncation_length, horizon=horizon,
-            std=std, full_horizon=full_horizon, stagger=stagger, meta_loss_split=meta_loss_split,
-            objective=objective, schedule=schedule, min_horizon=min_horizon, max_loss=max_loss,
-            loss_clip=loss_clip, diff_clip=diff_clip)
+  return GradientEstimator(name="es", num_tasks=settings.num_tasks, init=init, estimate=estimate,
+                           settings=(settings, perturbation))

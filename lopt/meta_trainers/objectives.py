@@ -18,18 +18,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lopt.meta_trainers.base import tree_finite
 from lopt.types import PyTree
 
 OBJECTIVES = ("mean", "final")
+SPLITS = ("train", "outer_valid")  # the splits a meta-objective may read; ``test`` is kept for evaluation
 
 
-def check(objective: str, meta_loss_split: str) -> None:
-  """Raises ``ValueError`` for an unknown objective or split."""
-  if objective not in OBJECTIVES:
-    raise ValueError(f"Unknown meta-objective '{objective}'. Objectives: {', '.join(OBJECTIVES)}.")
-  if meta_loss_split not in ("train", "outer_valid"):
-    raise ValueError(f"meta_loss_split must be 'train' or 'outer_valid', got '{meta_loss_split}'.")
+def tree_finite(tree: PyTree) -> jax.Array:
+  """True when every leaf of ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def reduce(losses: jax.Array, objective: str, *, loss_clip: float | None = None) -> jax.Array:

@@ -3,8 +3,12 @@
 It owns the outer optax optimizer, one jitted meta-step per task family, metric writing (console, JSONL, wandb),
 progress with steps/s and ETA, checkpoints every N steps and at the end, and automatic resume: when ``workdir``
 holds a checkpoint, training continues from it. The task batch is split over the devices of a ``tasks`` mesh
-axis (``sharding``); theta and the outer optimizer state are replicated. The RNG of step ``i`` is ``fold_in(base_key, i)``, so a resumed
-run draws exactly the keys the uninterrupted run would have.
+axis (``sharding``); theta and the outer optimizer state are replicated. The RNG of step ``i`` is
+``fold_in(base_key, i)``, so a resumed run draws exactly the keys the uninterrupted run would have.
+
+The body is four named steps: ``_build`` (initial state from the seed), ``_restore`` (from the newest verified
+checkpoint), ``_place`` (mesh, shardings, compiled steps) and ``_loop`` (steps, metrics, evaluations,
+checkpoints); ``meta_train`` checks its arguments and runs them in order.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from lopt import checkpoints, progress, writers
+from lopt import arguments, checkpoints, progress, writers
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import sharding
-from lopt.meta_trainers.base import GradientEstimator, tree_finite
+from lopt.meta_trainers.estimator import GradientEstimator
+from lopt.meta_trainers.objectives import tree_finite
 from lopt.tasks.base import TaskFamily, TaskSampler
 from lopt.types import MetaParams, PyTree
+from lopt.workdir import Workdir
+
+WriterFactory = Callable[[], writers.MetricWriter]
 
 
 @dataclasses.dataclass
@@ -42,6 +50,8 @@ class MetaTrainResult:
 
 def default_meta_optimizer(learning_rate: float = 1e-3, clip_norm: float = 1.0) -> optax.GradientTransformation:
   """Adam on theta after clipping the meta-gradient's global norm."""
+  learning_rate = arguments.real("meta_optimizer.learning_rate", learning_rate, minimum=0.0, open_minimum=True)
+  clip_norm = arguments.real("meta_optimizer.clip_norm", clip_norm, minimum=0.0, open_minimum=True)
   return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
 
 
@@ -99,21 +109,158 @@ def _stop_requests(enabled: bool):
       signal.signal(sig, old)
 
 
+@dataclasses.dataclass
+class _Run:
+  """Everything the loop reads and updates. ``theta``, ``opt_state`` and ``est_states`` are placed on devices."""
+
+  architecture: LearnedOptimizer
+  task_sampler: TaskSampler
+  meta_optimizer: optax.GradientTransformation
+  families: dict[str, TaskFamily]
+  init_theta: MetaParams
+  loop_key: jax.Array
+  workdir: Workdir
+  theta: Any = None
+  opt_state: Any = None
+  est_states: dict[str, Any] = dataclasses.field(default_factory=dict)
+  steps: dict[str, Callable] = dataclasses.field(default_factory=dict)
+  start_step: int = 0
+
+  def host_state(self, step: int) -> dict[str, Any]:
+    """The checkpointed state, gathered to the host (a collective with several processes)."""
+    return sharding.to_host({"theta": self.theta, "outer_opt_state": self.opt_state, "estimator": self.est_states,
+                             "step": np.int64(step)})
+
+
+def _build(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, estimator: GradientEstimator,
+           meta_optimizer: optax.GradientTransformation, seed: int, workdir: Workdir) -> tuple[_Run, PyTree]:
+  """The run and its initial host state, computed from the seed alone (identically in every process)."""
+  base_key = jax.random.key(seed)
+  theta_key, est_key, loop_key = jax.random.split(base_key, 3)
+  init_theta = sharding.to_host(architecture.init(theta_key))
+  families = {f.name: f for f in task_sampler.families}
+  est_states = {name: estimator.init(init_theta, jax.random.fold_in(est_key, i), task_family=f,
+                                     learned_optimizer=architecture)
+                for i, (name, f) in enumerate(sorted(families.items()))}
+  state = sharding.to_host({"theta": init_theta, "outer_opt_state": meta_optimizer.init(init_theta),
+                            "estimator": est_states, "step": np.int64(0)})
+  run = _Run(architecture=architecture, task_sampler=task_sampler, meta_optimizer=meta_optimizer, families=families,
+             init_theta=init_theta, loop_key=loop_key, workdir=workdir)
+  return run, state
+
+
+def _restore(run: _Run, state: PyTree, *, main_process: bool) -> PyTree:
+  """``state`` replaced by the newest verified checkpoint of the workdir, if there is one."""
+  ckpt_dir = run.workdir.checkpoints
+  if checkpoints.latest_step(ckpt_dir) is None:
+    return state
+  state, _ = checkpoints.restore(ckpt_dir, state)
+  logging.info("Resuming from step %d in %s", int(state["step"]), ckpt_dir)
+  if main_process:
+    dropped = writers.truncate_jsonl(run.workdir.metrics, int(state["step"]))
+    if dropped:
+      logging.info("Dropped %d metric records logged after the checkpoint; they are computed again.", dropped)
+  return state
+
+
+def _place(run: _Run, state: PyTree, estimator: GradientEstimator, num_devices: int | None) -> None:
+  """Builds the mesh, places the state on it and compiles (lazily) one meta-step per family."""
+  task_axes = {name: estimator.task_axes(s) for name, s in state["estimator"].items()}
+  sizes = sharding.task_batch_sizes(state["estimator"], task_axes)
+  num_devices = sharding.resolve_num_devices(num_devices, sizes, num_tasks=estimator.num_tasks)
+  placement = sharding.Placement(sharding.task_mesh(num_devices))
+  logging.info(sharding.describe(placement, estimator.num_tasks))
+  est_shardings = {name: placement.task_sharded(state["estimator"][name], task_axes[name]) for name in run.families}
+  run.theta = placement.place(state["theta"], placement.replicated)
+  run.opt_state = placement.place(state["outer_opt_state"], placement.replicated)
+  run.est_states = {name: placement.place(state["estimator"][name], est_shardings[name]) for name in run.families}
+  run.steps = {name: make_meta_step(estimator, f, run.architecture, run.meta_optimizer, placement,
+                                    est_shardings[name]) for name, f in run.families.items()}
+  run.start_step = int(state["step"])
+
+
+def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_every: int, checkpoint_every: int,
+          keep_checkpoints: int, meta_eval: Callable[..., Mapping[str, float]] | None, meta_eval_every: int,
+          handle_signals: bool, main_process: bool) -> tuple[int, dict[str, float], bool]:
+  """Runs the outer steps from ``run.start_step``; returns ``(step reached, last metrics, interrupted)``."""
+  pending: list[Mapping[str, jax.Array]] = []
+  last_metrics: dict[str, float] = {}
+  tracker = progress.Progress(num_outer_steps - run.start_step, unit="steps")
+  done = run.start_step
+
+  def save(step: int) -> None:
+    host_state = run.host_state(step)  # every process takes part in the gather; process 0 alone writes
+    if main_process:
+      path = checkpoints.save(run.workdir.checkpoints, step, host_state, keep=keep_checkpoints)
+      logging.info("Wrote checkpoint %s", path)
+
+  with _stop_requests(handle_signals) as stop_requested:
+    for step in range(run.start_step, num_outer_steps):
+      key = jax.random.fold_in(run.loop_key, step)
+      family = run.task_sampler.sample(jax.random.fold_in(key, 0))
+      key_data = np.asarray(jax.random.key_data(jax.random.fold_in(key, 1)))
+      run.theta, run.opt_state, run.est_states[family.name], metrics = run.steps[family.name](
+          run.theta, run.opt_state, run.est_states[family.name], key_data)
+      pending.append(metrics)
+      done = step + 1
+      tracker.advance()
+      # With several processes, a signal to any of them stops all of them after the same step.
+      stop = sharding.any_process(bool(stop_requested))
+      if done % log_every == 0 or done == num_outer_steps or stop:
+        last_metrics = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
+        last_metrics.update(steps_per_sec=tracker.rate(), eta_sec=tracker.eta())
+        writer.write_scalars(done, last_metrics)
+        pending = []
+      # Evaluations are local computations; only process 0 writes their results, so only it runs them.
+      if (meta_eval is not None and meta_eval_every and main_process
+          and (done % meta_eval_every == 0 or done == num_outer_steps)):
+        scores = meta_eval(theta=sharding.to_host(run.theta), step=done, architecture=run.architecture,
+                           task_sampler=run.task_sampler)
+        writer.write_scalars(done, {f"meta_eval/{k}": float(v) for k, v in scores.items()})
+      if stop:
+        save(done)
+        logging.warning("Stopped at step %d; a checkpoint is written and the run resumes from it.", done)
+        return done, last_metrics, True
+      if done % checkpoint_every == 0 and done != num_outer_steps:
+        save(done)
+  save(done)
+  return done, last_metrics, False
+
+
+def _check_arguments(*, num_outer_steps: int, seed: int, log_every: int, checkpoint_every: int,
+                     keep_checkpoints: int, meta_eval: Any, meta_eval_every: int, handle_signals: bool,
+                     num_devices: int | None, wandb_mode: str) -> None:
+  arguments.integer("meta_train.num_outer_steps", num_outer_steps, minimum=0)
+  arguments.integer("meta_train.seed", seed, minimum=0)
+  arguments.integer("meta_train.log_every", log_every, minimum=1)
+  arguments.integer("meta_train.checkpoint_every", checkpoint_every, minimum=1)
+  arguments.integer("meta_train.keep_checkpoints", keep_checkpoints, minimum=1)
+  arguments.integer("meta_train.meta_eval_every", meta_eval_every, minimum=0)
+  arguments.boolean("meta_train.handle_signals", handle_signals)
+  arguments.optional_integer("meta_train.num_devices", num_devices, minimum=1)
+  arguments.choice("meta_train.wandb_mode", wandb_mode, writers.WANDB_MODES)
+  if meta_eval_every and meta_eval is None:
+    raise arguments.ArgumentError("meta_train.meta_eval_every", f"{meta_eval_every} needs a meta_eval function "
+                                  "(e.g. meta_train.meta_eval = @periodic_meta_eval()).")
+
+
 def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, estimator: GradientEstimator,
                num_outer_steps: int, workdir: str, seed: int = 0,
                meta_optimizer: optax.GradientTransformation | None = None, log_every: int = 10,
                checkpoint_every: int = 100, keep_checkpoints: int = 3, wandb_mode: str = "offline",
                config_text: str | None = None, final_evaluation: Callable[..., Any] | None = None,
                meta_eval: Callable[..., Mapping[str, float]] | None = None, meta_eval_every: int = 0,
-               handle_signals: bool = True, num_devices: int | None = None) -> MetaTrainResult:
+               handle_signals: bool = True, num_devices: int | None = None,
+               writer_factory: WriterFactory | None = None) -> MetaTrainResult:
   """Meta-trains ``architecture`` on tasks from ``task_sampler`` with ``estimator``.
 
   Args:
     task_sampler: chooses the task family of each outer step.
     architecture: the learned optimizer whose theta is trained.
-    estimator: the meta-gradient estimator (e.g. ``pes``).
+    estimator: the meta-gradient estimator (e.g. ``pes(...)``).
     num_outer_steps: total outer steps; a resumed run counts the steps already done.
-    workdir: directory for checkpoints, ``metrics.jsonl`` and wandb files; resumed from when it holds a checkpoint.
+    workdir: the run directory (``lopt.workdir``): checkpoints, metrics and wandb files; resumed from when it holds
+      a checkpoint.
     seed: seeds theta's initialisation and every random draw of the run.
     meta_optimizer: outer optax optimizer; default ``default_meta_optimizer()``.
     log_every: outer steps between metric writes (metrics are averaged over them).
@@ -134,111 +281,45 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
       largest count that divides the task batch and fits the devices present (logged). An explicit count that
       does not divide the task batch or exceeds the devices present is an error. With several processes
       (``jax.distributed``) only process 0 writes metrics and checkpoints.
+    writer_factory: ``() -> MetricWriter`` called once on process 0 to build the run's writers; default
+      ``writers.create_default_writers(workdir, wandb_mode=..., config_text=...)`` (console, JSONL, wandb,
+      TensorBoard when installed). Tests pass their own.
 
   Returns:
     A ``MetaTrainResult``.
   """
-  if num_outer_steps < 0 or log_every < 1 or checkpoint_every < 1 or meta_eval_every < 0:
-    raise ValueError("num_outer_steps, meta_eval_every must be >= 0 and log_every, checkpoint_every >= 1; got "
-                     f"{num_outer_steps}, {meta_eval_every}, {log_every}, {checkpoint_every}.")
-  if meta_eval_every and meta_eval is None:
-    raise ValueError(f"meta_eval_every={meta_eval_every} needs a meta_eval function (e.g. "
-                     "@periodic_meta_eval()).")
+  _check_arguments(num_outer_steps=num_outer_steps, seed=seed, log_every=log_every,
+                   checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, meta_eval=meta_eval,
+                   meta_eval_every=meta_eval_every, handle_signals=handle_signals, num_devices=num_devices,
+                   wandb_mode=wandb_mode)
   checkpoints.ensure_writable_dir(workdir)
   main_process = sharding.is_main_process()
-  meta_optimizer = meta_optimizer or default_meta_optimizer()
-  base_key = jax.random.key(seed)
-  theta_key, est_key, loop_key = jax.random.split(base_key, 3)
-
-  # Every process computes the same initial state from the seed (or restores the same checkpoint) on the host,
-  # then places only its own devices' shards.
-  init_theta = sharding.to_host(architecture.init(theta_key))
-  families = {f.name: f for f in task_sampler.families}
-  est_states = {name: estimator.init(init_theta, jax.random.fold_in(est_key, i), task_family=f,
-                                     learned_optimizer=architecture)
-                for i, (name, f) in enumerate(sorted(families.items()))}
-  state: dict[str, PyTree] = {"theta": init_theta, "outer_opt_state": meta_optimizer.init(init_theta),
-                              "estimator": est_states, "step": np.int64(0)}
-  state = sharding.to_host(state)
-  ckpt_dir = f"{workdir}/checkpoints"
-  if checkpoints.latest_step(ckpt_dir) is not None:
-    state, _ = checkpoints.restore(ckpt_dir, state)
-    logging.info("Resuming from step %d in %s", int(state["step"]), ckpt_dir)
-    if main_process:
-      dropped = writers.truncate_jsonl(f"{workdir}/{writers.METRICS_FILE}", int(state["step"]))
-      if dropped:
-        logging.info("Dropped %d metric records logged after the checkpoint; they are computed again.", dropped)
-  start_step = int(state["step"])
-
-  task_axes = {name: estimator.task_axes(s) for name, s in state["estimator"].items()}
-  sizes = sharding.task_batch_sizes(state["estimator"], task_axes)
-  num_devices = sharding.resolve_num_devices(num_devices, sizes, num_tasks=estimator.num_tasks)
-  placement = sharding.Placement(sharding.task_mesh(num_devices))
-  logging.info(sharding.describe(placement, estimator.num_tasks))
-  est_shardings = {name: placement.task_sharded(state["estimator"][name], task_axes[name]) for name in families}
-  theta = placement.place(state["theta"], placement.replicated)
-  opt_state = placement.place(state["outer_opt_state"], placement.replicated)
-  est_states = {name: placement.place(state["estimator"][name], est_shardings[name]) for name in families}
-
-  if main_process:
-    writer = writers.create_default_writers(workdir, wandb_mode=wandb_mode, config_text=config_text)
+  run, state = _build(task_sampler=task_sampler, architecture=architecture, estimator=estimator,
+                      meta_optimizer=meta_optimizer or default_meta_optimizer(), seed=seed,
+                      workdir=Workdir(workdir))
+  state = _restore(run, state, main_process=main_process)
+  _place(run, state, estimator, num_devices)
+  if not main_process:
+    writer: writers.MetricWriter = writers.NullWriter()
+  elif writer_factory is not None:
+    writer = writer_factory()
   else:
-    writer = writers.NullWriter()
-  steps = {name: make_meta_step(estimator, f, architecture, meta_optimizer, placement, est_shardings[name])
-           for name, f in families.items()}
+    writer = writers.create_default_writers(workdir, wandb_mode=wandb_mode, config_text=config_text)
   logging.info("Meta-training %s (%d meta-parameters) with %s for %d outer steps from step %d.",
-               architecture.name, architecture.num_meta_parameters(), type(estimator).__name__, num_outer_steps,
-               start_step)
-
-  pending: list[Mapping[str, jax.Array]] = []
-  last_metrics: dict[str, float] = {}
-  tracker = progress.Progress(num_outer_steps - start_step, unit="steps")
-  done = start_step
-
-  def save(step: int) -> None:
-    # Gathering is a collective: every process takes part, process 0 alone writes.
-    host_state = sharding.to_host({"theta": theta, "outer_opt_state": opt_state, "estimator": est_states,
-                                   "step": np.int64(step)})
-    if main_process:
-      path = checkpoints.save(ckpt_dir, step, host_state, keep=keep_checkpoints)
-      logging.info("Wrote checkpoint %s", path)
-
+               architecture.name, architecture.num_meta_parameters(), estimator.name, num_outer_steps,
+               run.start_step)
   try:
-    with _stop_requests(handle_signals) as stop_requested:
-      for step in range(start_step, num_outer_steps):
-        key = jax.random.fold_in(loop_key, step)
-        family = task_sampler.sample(jax.random.fold_in(key, 0))
-        key_data = np.asarray(jax.random.key_data(jax.random.fold_in(key, 1)))
-        theta, opt_state, est_states[family.name], metrics = steps[family.name](
-            theta, opt_state, est_states[family.name], key_data)
-        pending.append(metrics)
-        done = step + 1
-        tracker.advance()
-        # With several processes, a signal to any of them stops all of them after the same step.
-        stop = sharding.any_process(bool(stop_requested))
-        if done % log_every == 0 or done == num_outer_steps or stop:
-          last_metrics = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
-          last_metrics.update(steps_per_sec=tracker.rate(), eta_sec=tracker.eta())
-          writer.write_scalars(done, last_metrics)
-          pending = []
-        # Evaluations are local computations; only process 0 writes their results, so only it runs them.
-        if (meta_eval is not None and meta_eval_every and main_process
-            and (done % meta_eval_every == 0 or done == num_outer_steps)):
-          scores = meta_eval(theta=sharding.to_host(theta), step=done, architecture=architecture,
-                             task_sampler=task_sampler)
-          writer.write_scalars(done, {f"meta_eval/{k}": float(v) for k, v in scores.items()})
-        if stop:
-          save(done)
-          logging.warning("Stopped at step %d; a checkpoint is written and the run resumes from it.", done)
-          return MetaTrainResult(theta=sharding.to_host(theta), step=done, metrics=last_metrics, interrupted=True)
-        if done % checkpoint_every == 0 and done != num_outer_steps:
-          save(done)
-    save(done)
-    theta = sharding.to_host(theta)
-    evaluation = None
-    if final_evaluation is not None and main_process:
-      evaluation = final_evaluation(theta=theta, init_theta=init_theta, architecture=architecture,
-                                    task_sampler=task_sampler, workdir=workdir)
-    return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, evaluation=evaluation)
+    done, last_metrics, interrupted = _loop(
+        run, num_outer_steps=num_outer_steps, writer=writer, log_every=log_every, checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints, meta_eval=meta_eval, meta_eval_every=meta_eval_every,
+        handle_signals=handle_signals, main_process=main_process)
   finally:
     writer.close()
+  theta = sharding.to_host(run.theta)
+  if interrupted:
+    return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, interrupted=True)
+  evaluation = None
+  if final_evaluation is not None and main_process:
+    evaluation = final_evaluation(theta=theta, init_theta=run.init_theta, architecture=architecture,
+                                  task_sampler=task_sampler, workdir=workdir)
+  return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, evaluation=evaluation)

@@ -9,21 +9,19 @@ truncation. When a task reaches its horizon both states restart from a fresh tas
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from lopt.architectures.base import LearnedOptimizer
-from lopt.meta_trainers import antithetic, truncation
+from lopt.meta_trainers import antithetic
 from lopt.meta_trainers import unroll as unroll_lib
+from lopt.meta_trainers.estimator import GradientEstimator
+from lopt.meta_trainers.truncation import Truncation
 from lopt.registry import register
 from lopt.tasks.base import TaskFamily
 from lopt.types import MetaParams, PRNGKey
-
-# Kept for callers of the pre-refactor private name.
-_tree_normal = antithetic.tree_normal
 
 
 class PESState(NamedTuple):
@@ -33,75 +31,56 @@ class PESState(NamedTuple):
   accumulator: MetaParams
 
 
-@dataclasses.dataclass(frozen=True)
-class PES(truncation.TruncatedEstimator):
-  """Antithetic PES over truncated unrolls.
+@register("estimator", "pes")
+def pes(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200, std: float = 0.01,
+        stagger: bool = True, meta_loss_split: str = "train", max_loss: float = 1e3,
+        loss_clip: float | None = 10.0, objective: str = "mean", schedule: str = "constant",
+        min_horizon: int | None = None, diff_clip: float | None = None) -> GradientEstimator:
+  """Antithetic Persistent Evolution Strategies over truncated unrolls (unbiased for the full horizon).
 
-  Attributes:
-    num_tasks_: tasks trained in parallel (each with a + and a - copy).
+  Args:
+    num_tasks: tasks trained in parallel (each with a + and a - copy).
     truncation_length: inner steps per estimate (K).
     horizon: inner steps per episode (T), rounded up to a multiple of K; the longest for ``"log_uniform"``.
     std: standard deviation of the perturbations of theta.
     stagger: start the first episodes at different points so that tasks do not all reset together.
     meta_loss_split: data split scoring each inner step (``"train"`` or ``"outer_valid"``).
     max_loss: a task whose normalised loss exceeds this (or is not finite) is masked out and restarted.
-    loss_clip: each step's normalised loss is clipped to this before averaging, so one diverging perturbation
-      cannot dominate the estimate.
+    loss_clip: each step's normalised loss is clipped to this before averaging.
     objective: ``"mean"`` or ``"final"`` (see ``objectives``).
     schedule: ``"constant"``, ``"log_uniform"`` or ``"never_ending"`` (see ``truncation``).
     min_horizon: shortest episode of the ``"log_uniform"`` schedule.
     diff_clip: optional bound on ``|L+ - L-|``.
   """
+  settings = Truncation(num_tasks=num_tasks, truncation_length=truncation_length, horizon=horizon,
+                        schedule=schedule, min_horizon=min_horizon, stagger=stagger, objective=objective,
+                        meta_loss_split=meta_loss_split, max_loss=max_loss, owner="estimators.pes")
+  perturbation = antithetic.Perturbation(std=std, loss_clip=loss_clip, diff_clip=diff_clip, owner="estimators.pes")
+  episodes = settings.episodes
+  n = settings.num_tasks
 
-  num_tasks_: int = 8
-  truncation_length: int = 10
-  horizon: int = 200
-  std: float = 0.01
-  stagger: bool = True
-  meta_loss_split: str = "train"
-  max_loss: float = 1e3
-  loss_clip: float | None = 10.0
-  objective: str = "mean"
-  schedule: str = "constant"
-  min_horizon: int | None = None
-  diff_clip: float | None = None
-
-  def __post_init__(self):
-    if self.num_tasks_ < 1 or self.std <= 0:
-      raise ValueError(f"pes needs num_tasks >= 1 and std > 0, got {self.num_tasks_} and {self.std}.")
-    self._check_truncation()
-
-  def init(self, theta: MetaParams, key: PRNGKey, *, task_family: TaskFamily,
+  def init(theta: MetaParams, key: PRNGKey, *, task_family: TaskFamily,
            learned_optimizer: LearnedOptimizer) -> PESState:
-    inner = antithetic.init_pairs(theta, key, self.truncation_schedule, num_tasks=self.num_tasks, copies=1,
-                                  stagger=self.stagger, task_family=task_family,
-                                  learned_optimizer=learned_optimizer)
-    accumulator = jax.tree.map(lambda x: jnp.zeros((self.num_tasks,) + jnp.shape(x), jnp.result_type(x)), theta)
+    inner = antithetic.init_pairs(theta, key, episodes, num_tasks=n, copies=1, stagger=settings.stagger,
+                                  task_family=task_family, learned_optimizer=learned_optimizer)
+    accumulator = jax.tree.map(lambda x: jnp.zeros((n,) + jnp.shape(x), jnp.result_type(x)), theta)
     return PESState(inner=inner, accumulator=accumulator)
 
-  def estimate(self, theta: MetaParams, state: PESState, key: PRNGKey, *, task_family: TaskFamily,
+  def estimate(theta: MetaParams, state: PESState, key: PRNGKey, *, task_family: TaskFamily,
                learned_optimizer: LearnedOptimizer) -> tuple[MetaParams, PESState, dict[str, Any]]:
     reset_key, noise_key, unroll_key = jax.random.split(key, 3)
     kw = dict(task_family=task_family, learned_optimizer=learned_optimizer)
-    inner, done = unroll_lib.reset_finished(theta, state.inner, reset_key, self.truncation_schedule, **kw)
+    inner, done = unroll_lib.reset_finished(theta, state.inner, reset_key, episodes, **kw)
     # A restarted episode owes nothing to earlier perturbations.
     accumulator = jax.tree.map(
         lambda a: jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), 0.0, a).astype(a.dtype),
         state.accumulator)
-    eps = antithetic.tree_normal(noise_key, theta, self.std, self.num_tasks)
+    eps = antithetic.tree_normal(noise_key, theta, perturbation.std, n)
     accumulator = jax.tree.map(jnp.add, accumulator, eps)
-    grad, inner, _, metrics = antithetic.truncation_step(self, theta, inner, eps, accumulator, unroll_key,
-                                                         copies=1, **kw)
+    grad, inner, _, metrics = antithetic.truncation_step(settings, perturbation, theta, inner, eps, accumulator,
+                                                         unroll_key, copies=1, **kw)
     metrics["resets"] = jnp.sum(done)
     return grad, PESState(inner=inner, accumulator=accumulator), metrics
 
-
-@register("estimator", "pes")
-def pes(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200, std: float = 0.01,
-        stagger: bool = True, meta_loss_split: str = "train", max_loss: float = 1e3,
-        loss_clip: float | None = 10.0, objective: str = "mean", schedule: str = "constant",
-        min_horizon: int | None = None, diff_clip: float | None = None) -> PES:
-  """Antithetic Persistent Evolution Strategies over truncated unrolls (unbiased for the full horizon)."""
-  return PES(num_tasks_=num_tasks, truncation_length=truncation_length, horizon=horizon, std=std,
-             stagger=stagger, meta_loss_split=meta_loss_split, max_loss=max_loss, loss_clip=loss_clip,
-             objective=objective, schedule=schedule, min_horizon=min_horizon, diff_clip=diff_clip)
+  return GradientEstimator(name="pes", num_tasks=n, init=init, estimate=estimate,
+                           settings=(settings, perturbation))

@@ -1,4 +1,4 @@
-"""Truncation schedules: how long each inner episode lasts.
+"""Truncation: how inner episodes are cut into K-step truncations, and the settings every truncated estimator shares.
 
 Every horizon a schedule draws is a positive multiple of the truncation length K, so a task only reaches its
 horizon between truncations and resets never happen inside one (see ``unroll``); this is what keeps PES's
@@ -15,8 +15,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from lopt import arguments
 from lopt.meta_trainers import objectives
-from lopt.meta_trainers.base import GradientEstimator
 from lopt.types import PRNGKey
 
 # A "never-ending" episode: long enough that no run reaches it, small enough for int32 step counters.
@@ -125,25 +125,61 @@ def make(name: str, *, truncation_length: int, horizon: int, min_horizon: int | 
   raise ValueError(f"Unknown truncation schedule '{name}'. Schedules: {', '.join(SCHEDULES)}.")
 
 
-class TruncatedEstimator(GradientEstimator):
-  """Truncation settings shared by estimators that step persistent tasks K steps at a time.
+@dataclasses.dataclass(frozen=True)
+class Truncation:
+  """The settings shared by estimators that step a batch of persistent tasks K steps at a time, validated once.
 
-  Subclasses are frozen dataclasses with the fields ``num_tasks_``, ``truncation_length``, ``horizon``,
-  ``schedule``, ``min_horizon``, ``objective`` and ``meta_loss_split``; their ``__post_init__`` calls
-  ``_check_truncation`` after checking their own fields.
+  Attributes:
+    num_tasks: tasks trained in parallel.
+    truncation_length: inner steps per truncation (K).
+    horizon: inner steps per episode, rounded up to a multiple of K; the longest one for ``"log_uniform"``.
+    schedule: ``"constant"``, ``"log_uniform"`` or ``"never_ending"`` (see ``make``).
+    min_horizon: shortest episode of ``"log_uniform"``.
+    stagger: start the first episodes at different points so that tasks do not all reset together.
+    objective: ``"mean"`` or ``"final"`` (see ``objectives``).
+    meta_loss_split: data split scoring each inner step (``"train"`` or ``"outer_valid"``).
+    max_loss: a task whose normalised objective exceeds this (or is not finite) is masked out and restarted.
+    owner: how errors name the settings' parameters, e.g. ``"estimators.pes"`` (not part of the value).
   """
 
-  @property
-  def num_tasks(self) -> int:
-    return self.num_tasks_
+  num_tasks: int = 8
+  truncation_length: int = 10
+  horizon: int = 200
+  schedule: str = "constant"
+  min_horizon: int | None = None
+  stagger: bool = True
+  objective: str = "mean"
+  meta_loss_split: str = "train"
+  max_loss: float = 1e3
+  owner: str = dataclasses.field(default="truncation", compare=False, repr=False)
+
+  def __post_init__(self):
+    name = lambda param: f"{self.owner}.{param}"
+    set_ = lambda field, value: object.__setattr__(self, field, value)
+    set_("num_tasks", arguments.integer(name("num_tasks"), self.num_tasks, minimum=1))
+    k = arguments.integer(name("truncation_length"), self.truncation_length, minimum=1)
+    set_("truncation_length", k)
+    set_("schedule", arguments.choice(name("schedule"), self.schedule, SCHEDULES))
+    horizon = arguments.integer(name("horizon"), self.horizon, minimum=1)
+    if self.schedule != "never_ending" and k > horizon:
+      raise arguments.ArgumentError(name("truncation_length"), f"{k} is longer than the horizon ({horizon}); "
+                                    "a truncation must fit in an episode: shorten it or lengthen the horizon.")
+    set_("horizon", round_horizon(horizon, k))
+    min_horizon = arguments.optional_integer(name("min_horizon"), self.min_horizon, minimum=1)
+    if min_horizon is not None and min_horizon > horizon:
+      raise arguments.ArgumentError(name("min_horizon"), f"{min_horizon} exceeds the horizon ({horizon}).")
+    set_("min_horizon", min_horizon)
+    set_("stagger", arguments.boolean(name("stagger"), self.stagger))
+    set_("objective", arguments.choice(name("objective"), self.objective, objectives.OBJECTIVES))
+    set_("meta_loss_split", arguments.choice(name("meta_loss_split"), self.meta_loss_split, objectives.SPLITS))
+    set_("max_loss", arguments.real(name("max_loss"), self.max_loss, minimum=0.0, open_minimum=True))
 
   @property
-  def truncation_schedule(self) -> TruncationSchedule:
+  def episodes(self) -> TruncationSchedule:
+    """The schedule that draws episode lengths."""
     return make(self.schedule, truncation_length=self.truncation_length, horizon=self.horizon,
                 min_horizon=self.min_horizon)
 
-  def _check_truncation(self) -> None:
-    """Validates the objective and schedule early and rounds the horizon up to a multiple of K."""
-    objectives.check(self.objective, self.meta_loss_split)
-    object.__setattr__(self, "horizon", round_horizon(self.horizon, self.truncation_length))
-    self.truncation_schedule  # pylint: disable=pointless-statement
+  def full_horizon(self) -> "Truncation":
+    """The same settings with one truncation covering the whole (constant) episode."""
+    return dataclasses.replace(self, truncation_length=self.horizon)

@@ -1,36 +1,24 @@
-"""In-memory data sets with ``train`` / ``outer_valid`` / ``test`` splits.
+"""In-memory data sets with ``train`` / ``outer_valid`` / ``test`` splits: the bundled ones, and ``load`` by name.
 
-A data set is small enough to live on the device as a few arrays; batches are gathered from them inside ``jit`` by
-``sample_batch``, so a batch is a pure function of its key. ``outer_valid`` is held out from inner training and
-serves the meta-objective; ``test`` is kept for final evaluation only.
+The split types and ``sample_batch`` live in ``lopt.tasks.splits`` (re-exported here); files in a directory the
+user names are read by ``lopt.tasks.loaders``.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lopt.registry import closest
-from lopt.types import PRNGKey
+from lopt.tasks import loaders
+from lopt.tasks.splits import Split, Splits, num_classes, sample_batch
 
-
-class Split(NamedTuple):
-  """One split: inputs ``x`` (float32, ``[n, features]``) and integer labels ``y`` (int32, ``[n]``)."""
-
-  x: jax.Array
-  y: jax.Array
-
-
-class Splits(NamedTuple):
-  """The three splits of a data set; field names match ``lopt.tasks.base.SPLITS``."""
-
-  train: Split
-  outer_valid: Split
-  test: Split
+__all__ = ["FILE_DATA_SETS", "IMAGE_SHAPES", "LOADERS", "Split", "Splits", "breast_cancer", "digits", "image_shape",
+           "load", "num_classes", "sample_batch", "wine"]
 
 
 DIGITS_SIZES: tuple[int, int, int] = (1197, 300, 300)  # train, outer_valid, test; sums to the 1797 images.
@@ -120,8 +108,6 @@ def load(name: str, data_dir: str | None = None) -> Splits:
   if name in FILE_DATA_SETS:
     if data_dir is None:
       raise ValueError(f"Data set '{name}' is read from local files: pass data_dir, the directory holding them.")
-    from lopt.tasks import loaders  # pylint: disable=import-outside-toplevel
-
     return loaders.load_directory(name, data_dir)
   if name not in LOADERS:
     supported = sorted([*LOADERS, *FILE_DATA_SETS])
@@ -136,25 +122,3 @@ def image_shape(name: str) -> tuple[int, int, int]:
   if name not in IMAGE_SHAPES:
     raise ValueError(f"'{name}' is not an image data set. Image data sets: {', '.join(sorted(IMAGE_SHAPES))}.")
   return IMAGE_SHAPES[name]
-
-
-def num_classes(splits: Splits) -> int:
-  """Number of classes, taken as one more than the largest label of any split (labels are ``0..k-1``)."""
-  return int(max(int(jnp.max(split.y)) for split in splits)) + 1
-
-
-def sample_batch(split: Split, key: PRNGKey, batch_size: int) -> tuple[jax.Array, jax.Array]:
-  """Draws ``batch_size`` examples uniformly with replacement; traceable under ``jit`` and ``vmap``.
-
-  Sampling with replacement keeps the batch a pure function of ``key`` with no epoch state to carry or resume.
-
-  Args:
-    split: the split to draw from.
-    key: PRNG key; the same key gives the same batch.
-    batch_size: number of examples (static).
-
-  Returns:
-    ``(x, y)`` of shapes ``[batch_size, features]`` and ``[batch_size]``.
-  """
-  idx = jax.random.randint(key, (batch_size,), 0, split.y.shape[0])
-  return split.x[idx], split.y[idx]

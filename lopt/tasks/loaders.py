@@ -15,7 +15,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from lopt.tasks.data import Split, Splits
+from lopt.tasks.splits import Split, Splits
 
 # idx type codes (third byte of the magic number) -> numpy dtype; multi-byte values are big-endian.
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.tasks import loaders
 from lopt.types import PRNGKey
 
 _DETERMINERS = ("the", "a", "every", "one", "no")
@@ -82,8 +83,6 @@ def load_text(corpus: str = "grammar", path: str | None = None) -> TextData:
   if corpus == "file":
     if path is None:
       raise ValueError("corpus='file' needs the path of a UTF-8 text file.")
-    from lopt.tasks import loaders  # pylint: disable=import-outside-toplevel
-
     return encode(loaders.read_text(path))
   raise ValueError(f"Unknown corpus '{corpus}'. Options: grammar, file.")
 

@@ -1,8 +1,8 @@
 """The hand-designed optimizers a learned optimizer is evaluated against, all from optax.
 
 Tuned baselines (Adam, RAdam, AdamW, SGD with momentum) wrap the ``lopt.architectures.baselines`` plugins and carry
-a learning-rate grid; ``lopt.evaluation.train_stacked`` trains every baseline at every grid value in one compile,
-and the tuned value per task is chosen afterwards (``lopt.speedup.best_final``). Of ``optax.contrib``, the learning-rate-free Prodigy
+a learning-rate grid; ``training.train_stacked`` trains every baseline at every grid value in one compile, and the
+tuned value per task is chosen afterwards (``speedup.best_final``). Of ``optax.contrib``, the learning-rate-free Prodigy
 and D-Adaptation AdamW run at their defaults; schedule-free AdamW (free of a schedule, not of a step size) is tuned
 over Adam's grid and evaluated at its averaged iterate.
 """
@@ -16,7 +16,7 @@ import optax
 from optax import contrib
 
 from lopt.architectures import baselines
-from lopt.evaluation import EvalParams
+from lopt.evaluation.training import EvalParams
 
 # Half-decade grids, wide enough that the best value is inside the grid on every task of the default suites.
 ADAM_LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)

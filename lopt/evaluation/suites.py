@@ -1,20 +1,23 @@
-"""Named evaluation suites: fixed lists of task families a learned optimizer is scored on.
+"""Named evaluation suites: fixed lists of task families a learned optimizer is scored on (registry kind
+``eval_suite``).
 
-A suite is a function returning ``{display name: TaskFamily}``. The families are built by calling the task plugins
-directly with explicit arguments, so gin bindings of a meta-training config never change what a suite contains.
-Add a suite by adding a function to ``SUITES``; ``lopt.comparison.evaluate_suite`` also takes any such mapping.
+A suite is a registered factory with no arguments returning ``{display name: TaskFamily}``. The families are built
+by calling the task plugins directly with explicit arguments, so gin bindings of a meta-training config never change
+what a suite contains. Add a suite with ``@register("eval_suite", name)``; ``scoring.evaluate_suite`` also takes any
+such mapping.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
+from lopt import registry
+from lopt.registry import register
 from lopt.tasks import autoencoder, char_rnn, classic_2d, image_conv, image_mlp, quadratic, transformer_lm
 from lopt.tasks.base import TaskFamily
 
 Suite = dict[str, TaskFamily]
 
 
+@register("eval_suite", "default")
 def default_suite() -> Suite:
   """Six small tasks across six families, sized so a full evaluation takes a few minutes on 2 CPU cores."""
   return {
@@ -27,6 +30,7 @@ def default_suite() -> Suite:
   }
 
 
+@register("eval_suite", "full")
 def full_suite() -> Suite:
   """The default suite plus larger and more varied tasks (a recurrent LM, a deeper MLP, Beale, a wider conv net)."""
   return {
@@ -39,16 +43,12 @@ def full_suite() -> Suite:
   }
 
 
+@register("eval_suite", "tiny")
 def tiny_suite() -> Suite:
   """Two cheap tasks for tests and smoke runs."""
   return {"quadratic": quadratic(4), "rosenbrock": classic_2d("rosenbrock")}
 
 
-SUITES: dict[str, Callable[[], Suite]] = {"default": default_suite, "full": full_suite, "tiny": tiny_suite}
-
-
 def get_suite(name: str) -> Suite:
-  """The suite called ``name``; an unknown name lists the known ones."""
-  if name not in SUITES:
-    raise ValueError(f"Unknown evaluation suite '{name}'. Suites: {', '.join(SUITES)}.")
-  return SUITES[name]()
+  """The suite registered as ``name``; an unknown name lists the registered ones and the closest match."""
+  return registry.lookup("eval_suite", name)()

@@ -20,14 +20,15 @@ import re
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-import gin
 import numpy as np
 
-from lopt import config, writers
+from lopt import writers
+from lopt.evaluation.report import json_ready
 from lopt.progress import Progress, format_seconds
+from lopt.runs import training
+from lopt.workdir import Workdir
 
 BASE = "base"
-RESULT_FILE = "sweep_result.json"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MARKDOWN = "summary.md"
 
@@ -95,7 +96,7 @@ def _final_metrics(workdir: str, result: Any) -> dict[str, float]:
   held-out comparison's means over families (``heldout/<optimizer>/<metric>``)."""
   metrics: dict[str, float] = {k: float(v) for k, v in (result.metrics or {}).items()
                                if k in ("meta_loss", "steps_per_sec")}
-  path = os.path.join(workdir, writers.METRICS_FILE)
+  path = Workdir(workdir).metrics
   if os.path.exists(path):
     for row in writers.read_jsonl(path):
       metrics.update({k: v for k, v in row.items() if k.startswith("meta_eval/mean/") and v is not None})
@@ -112,24 +113,12 @@ def _final_metrics(workdir: str, result: Any) -> dict[str, float]:
 def run_config(sweep_config: SweepConfig, workdir: str, *, base_configs: Sequence[str],
                base_bindings: Sequence[str], wandb_mode: str) -> dict[str, Any]:
   """Meta-trains one configuration in ``workdir`` as ``experiments/meta_train.py`` would; returns its record."""
-  gin.clear_config()
-  try:
-    config.parse(list(base_configs) + list(sweep_config.config_files),
-                 list(base_bindings) + list(sweep_config.bindings))
-    config_text = gin.config_str()
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.gin"), "w", encoding="utf-8") as f:
-      f.write(config_text)
-    start = time.perf_counter()
-    result = config.configured("meta_train")(workdir=workdir, wandb_mode=wandb_mode, config_text=config_text)
-    seconds = time.perf_counter() - start
-    if not result.interrupted:
-      with open(os.path.join(workdir, "config.gin"), "w", encoding="utf-8") as f:
-        f.write(gin.operative_config_str())
-  finally:
-    gin.clear_config()
+  start = time.perf_counter()
+  result = training.meta_train_in_workdir(workdir, gin_configs=list(base_configs) + list(sweep_config.config_files),
+                                          gin_bindings=list(base_bindings) + list(sweep_config.bindings),
+                                          wandb_mode=wandb_mode)
   return {"name": sweep_config.name, "config_files": list(sweep_config.config_files),
-          "bindings": list(sweep_config.bindings), "step": result.step, "seconds": seconds,
+          "bindings": list(sweep_config.bindings), "step": result.step, "seconds": time.perf_counter() - start,
           "interrupted": result.interrupted, "metrics": _final_metrics(workdir, result)}
 
 
@@ -156,7 +145,7 @@ def run_sweep(configs: Sequence[SweepConfig], root: str, *, base_configs: Sequen
   progress = Progress(len(configs), unit="configs", printer=printer)
   for sweep_config in configs:
     workdir = os.path.join(root, sweep_config.name)
-    done_path = os.path.join(workdir, RESULT_FILE)
+    done_path = Workdir(workdir).sweep_result
     if os.path.exists(done_path):
       with open(done_path, encoding="utf-8") as f:
         records.append(json.load(f))
@@ -171,20 +160,10 @@ def run_sweep(configs: Sequence[SweepConfig], root: str, *, base_configs: Sequen
       printer(f"Sweep stopped during {sweep_config.name}; run the same command to resume.")
       break
     with open(done_path, "w", encoding="utf-8") as f:
-      json.dump(_json_ready(record), f, indent=1)
+      json.dump(json_ready(record), f, indent=1)
     progress.step(f"{sweep_config.name}: done in {format_seconds(record['seconds'])}")
   write_summary(records, root)
   return records
-
-
-def _json_ready(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {k: _json_ready(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_json_ready(v) for v in value]
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
 
 
 # Markdown columns: (metric-name prefix, header prefix). The JSON summary keeps every metric, including the
@@ -211,7 +190,27 @@ def write_summary(records: Sequence[Mapping[str, Any]], root: str) -> dict[str, 
   """Writes ``summary.json`` and ``summary.md`` into ``root``; returns their paths."""
   paths = {"json": os.path.join(root, SUMMARY_JSON), "markdown": os.path.join(root, SUMMARY_MARKDOWN)}
   with open(paths["json"], "w", encoding="utf-8") as f:
-    json.dump(_json_ready(list(records)), f, indent=1, allow_nan=False)
+    json.dump(json_ready(list(records)), f, indent=1, allow_nan=False)
   with open(paths["markdown"], "w", encoding="utf-8") as f:
     f.write(format_summary(records))
   return paths
+
+
+def sweep_from_flags(root: str, *, variants: Sequence[str] = (BASE,), grid: Sequence[str] = (),
+                     base_configs: Sequence[str] = (), base_bindings: Sequence[str] = (),
+                     wandb_mode: str = "offline", dry_run: bool = False,
+                     printer: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """What ``experiments/sweep.py`` does: expand the grid, list it, run it (unless ``dry_run``), print the summary."""
+  configs = expand(variants, grid)
+  for path in base_configs:
+    if not os.path.isfile(path):
+      raise ValueError(f"Gin config file '{path}' does not exist.")
+  printer(f"Sweep of {len(configs)} configurations in {root}:")
+  for c in configs:
+    printer(f"  {c.name}: files {list(c.config_files)}, bindings {list(c.bindings)}")
+  if dry_run:
+    return []
+  records = run_sweep(configs, root, base_configs=base_configs, base_bindings=base_bindings, wandb_mode=wandb_mode,
+                      printer=printer)
+  printer(format_summary(records))
+  return records

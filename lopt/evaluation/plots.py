@@ -1,4 +1,4 @@
-"""Figures of an evaluation report (``lopt.comparison``): learning curves per task and the speed-up distribution.
+"""Figures of an evaluation report (``scoring.evaluate_suite``): learning curves per task and the speed-up distribution.
 
 matplotlib runs on its non-interactive Agg backend, so figures render without a display.
 """
@@ -19,10 +19,11 @@ try:
 except ImportError as e:  # pragma: no cover - matplotlib is a dependency; this names it for broken installs.
   raise ImportError("lopt.plots needs matplotlib: `pip install matplotlib` (it is in lopt's install_requires).") from e
 
-from lopt import speedup
+from lopt.evaluation import speedup
+from lopt.workdir import REPORT_FIGURES
 
 DPI = 80
-FIGURES = {"train_curves": "curves_train.png", "test_curves": "curves_test.png", "speedups": "speedups.png"}
+FIGURES = REPORT_FIGURES
 
 
 def _curve(values: list[float | None]) -> np.ndarray:

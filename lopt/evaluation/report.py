@@ -1,0 +1,130 @@
+"""An evaluation report as files and metrics: strict JSON, a markdown summary, figures, and scalars for writers.
+
+The report is the dict ``scoring.evaluate_suite`` returns. ``write_report`` writes ``evaluation.json``,
+``evaluation.md`` and the figures of ``plots`` into a directory; ``track_report`` sends its scalars and figures to a
+``lopt.writers.MetricWriter``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from lopt.workdir import REPORT_JSON, REPORT_MARKDOWN
+
+
+def json_floats(values: np.ndarray) -> list[float | None]:
+  """A curve as JSON numbers with 5 significant digits; non-finite entries (a diverged run) become null."""
+  return [float(f"{v:.5g}") if math.isfinite(v) else None for v in np.asarray(values, np.float64).tolist()]
+
+
+def json_ready(value: Any) -> Any:
+  """``value`` with every non-finite float replaced by None (strict JSON has no inf or NaN)."""
+  if isinstance(value, dict):
+    return {k: json_ready(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_ready(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def _optimizer_names(report: Mapping[str, Any]) -> list[str]:
+  return ([report["learned"]] if report["learned"] else []) + list(report["baselines"])
+
+
+def _table(report: Mapping[str, Any], metric: str, *, with_speedup: bool) -> str:
+  """Tasks as rows, optimizers as columns; the best (lowest) value of each row in bold."""
+  names = _optimizer_names(report)
+  header = ["task"] + names + (["speed-up vs tuned Adam"] if with_speedup else [])
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for task_name, task in report["tasks"].items():
+    values = [task["optimizers"][n][metric] for n in names]
+    best = min((v for v in values if v is not None), default=None)
+    cells = ["diverged" if v is None else (f"**{v:.4f}**" if v == best else f"{v:.4f}") for v in values]
+    if with_speedup:
+      cells.append(task["speedup"]["label"] if "speedup" in task else "-")
+    lines.append(f"| {task_name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def format_markdown(report: Mapping[str, Any]) -> str:
+  """The report as markdown: final training losses with speed-ups, test losses, and tuned learning rates."""
+  n, m = report["num_steps"], report["baseline_steps"]
+  parts = [
+      f"Tasks trained for {n} steps ({report['num_seeds']} seeds each; baselines for {m} steps). Losses are "
+      f"normalised (about 1 at initialisation), means over seeds; lower is better, the best of each row in bold. "
+      f"Tuned baselines use, per task, the learning rate with the lowest final training loss.",
+      "",
+      f"### Final training loss after {n} steps (trailing mean of {report['smoothing_window']} steps)",
+      "",
+      _table(report, "final_train_loss", with_speedup=report["learned"] is not None),
+      "",
+      f"### Test loss after {n} steps",
+      "",
+      _table(report, "test_loss", with_speedup=False),
+      "",
+      "### Tuned learning rates",
+      "",
+      "(edge): the best value is at the end of the grid, so a wider grid might do better.",
+      "",
+  ]
+  tuned = [name for name, grid in report["baselines"].items() if grid]
+  parts.append("| task | " + " | ".join(tuned) + " |")
+  parts.append("|" + "---|" * (len(tuned) + 1))
+  for task_name, task in report["tasks"].items():
+    cells = []
+    for name in tuned:
+      lr, grid = task["optimizers"][name]["learning_rate"], report["baselines"][name]
+      cells.append(f"{lr:g}" + (" (edge)" if lr in (grid[0], grid[-1]) else ""))
+    parts.append(f"| {task_name} | " + " | ".join(cells) + " |")
+  summary = report.get("speedup_summary")
+  if summary:
+    parts += ["", f"Speed-up over tuned Adam across {len(report['tasks'])} tasks: geometric mean "
+              f"{summary['geometric_mean']:.2f}x, median {summary['median']:.2f}x, faster on "
+              f"{summary['fraction_faster']:.0%} of tasks; {summary['fraction_lower_bound']:.0%} are lower bounds "
+              f"(Adam never reached the target within {m} steps)."]
+  return "\n".join(parts) + "\n"
+
+
+def write_report(report: Mapping[str, Any], out_dir: str) -> dict[str, str]:
+  """Writes ``evaluation.json``, ``evaluation.md`` and the figures into ``out_dir``; returns ``{kind: path}``."""
+  from lopt.evaluation import plots  # pylint: disable=import-outside-toplevel  # matplotlib is slow to import.
+
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {"json": os.path.join(out_dir, REPORT_JSON), "markdown": os.path.join(out_dir, REPORT_MARKDOWN)}
+  with open(paths["json"], "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=1, allow_nan=False)
+  with open(paths["markdown"], "w", encoding="utf-8") as f:
+    f.write(format_markdown(report))
+  paths.update(plots.write_figures(report, out_dir))
+  return paths
+
+
+def scalar_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+  """Flat ``{task/optimizer/metric: value}`` scalars of a report, for metric writers (non-finite dropped)."""
+  out = {}
+  for task_name, task in report["tasks"].items():
+    for name, record in task["optimizers"].items():
+      for metric in ("final_train_loss", "test_loss", "test_accuracy"):
+        if record.get(metric) is not None:
+          out[f"{task_name}/{name}/{metric}"] = record[metric]
+    if "speedup" in task:
+      out[f"{task_name}/speedup"] = task["speedup"]["value"]
+  for k, v in report.get("speedup_summary", {}).items():
+    out[f"speedup/{k}"] = v
+  return out
+
+
+def track_report(writer: Any, report: Mapping[str, Any], paths: Mapping[str, str], *, step: int = 0) -> None:
+  """Sends a written report to a ``lopt.writers.MetricWriter``: its scalars and its figures as images."""
+  from lopt.evaluation import plots  # pylint: disable=import-outside-toplevel
+
+  writer.write_scalars(step, scalar_metrics(report))
+  writer.write_images(step, {f"evaluation/{kind}": plots.read_image(path) for kind, path in paths.items()
+                             if path.endswith(".png")})
+  writer.flush()

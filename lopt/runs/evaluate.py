@@ -1,0 +1,87 @@
+"""Evaluating a run directory: its trained optimizer against tuned optax baselines on a suite, with a report.
+
+What ``experiments/evaluate.py`` does: load the workdir's optimizer (``trained.load``), train every task of the
+suite with it and with every baseline (``lopt.evaluation.evaluate_suite``), write ``evaluation.json``,
+``evaluation.md`` and figures into ``<workdir>/evaluation`` (or ``out_dir``) and log the scalars and figures through
+the usual writers. Without a workdir only the baselines are evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+from lopt import checkpoints, writers
+from lopt.evaluation import report as report_lib
+from lopt.evaluation import scoring, suites, training, tuned_baselines
+from lopt.runs import trained
+from lopt.workdir import Workdir
+
+TENSORBOARD_CHOICES = {"auto": None, "on": True, "off": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """What ``evaluate_workdir`` produced: the report, the files written and their directory."""
+
+  report: dict[str, Any]
+  paths: dict[str, str]
+  out_dir: str
+
+
+def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: str | None = None,
+                     suite: str = "default", baselines: Sequence[str] | None = None, num_steps: int = 200,
+                     num_seeds: int = 4, seed: int = 0, baseline_steps_factor: int = 2,
+                     eval_every: int | None = None, fast_compile: bool = False, wandb_mode: str = "offline",
+                     tensorboard: str = "auto", printer: Callable[[str], None] = print) -> Evaluation:
+  """Scores the trained optimizer of ``workdir`` (or only the baselines) on ``suite``; see the module docstring.
+
+  Args:
+    workdir: a ``meta_train`` run directory, or None for a baselines-only evaluation (then ``out_dir`` is needed).
+    step: the checkpoint step to evaluate; default the newest that verifies.
+    out_dir: where the report goes; default ``<workdir>/evaluation``.
+    suite: a registered ``eval_suite``.
+    baselines: names of ``tuned_baselines.default_baselines`` to run; default all.
+    num_steps: inner steps of the learned optimizer per task.
+    num_seeds: tasks (seeds) per suite entry.
+    seed: selects the held-out tasks.
+    baseline_steps_factor: baselines train this many times longer (speed-ups up to it can be measured).
+    eval_every: steps between test losses; default ``num_steps // 10``.
+    fast_compile: faster XLA compiles, slower steps (``training.FAST_COMPILE``).
+    wandb_mode: of the evaluation's wandb run.
+    tensorboard: ``"auto"`` (when the extra is installed), ``"on"`` or ``"off"``.
+    printer: receives progress lines.
+
+  Returns:
+    An ``Evaluation``.
+  """
+  if workdir is None and out_dir is None:
+    raise ValueError("Give a workdir (a meta_train run) and/or an out_dir (for a baselines-only evaluation).")
+  if tensorboard not in TENSORBOARD_CHOICES:
+    raise ValueError(f"tensorboard must be one of {', '.join(TENSORBOARD_CHOICES)}, got {tensorboard!r}.")
+  learned = trained.load(workdir, step=step) if workdir else None
+  chosen_suite = suites.get_suite(suite)
+  chosen_baselines = tuned_baselines.default_baselines(names=baselines)
+  out_dir = out_dir or Workdir(workdir).evaluation
+  checkpoints.ensure_writable_dir(out_dir)
+  from lopt.evaluation import plots  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  # fail early
+  writer = writers.create_default_writers(out_dir, wandb_mode=wandb_mode,
+                                          config_text=learned.config_text if learned else None,
+                                          tensorboard=TENSORBOARD_CHOICES[tensorboard])
+  try:
+    name = f"{learned.architecture.name} (step {learned.step})" if learned else "learned"
+    printer(f"Evaluating {name if learned else 'baselines only'} on suite '{suite}' -> {out_dir}")
+    report = scoring.evaluate_suite(
+        chosen_suite, baselines=chosen_baselines, learned_name=name,
+        learned=(lambda n: learned.optimizer(num_steps=n)) if learned else None, num_steps=num_steps,
+        num_seeds=num_seeds, seed=seed, baseline_steps_factor=baseline_steps_factor, eval_every=eval_every,
+        compiler_options=training.FAST_COMPILE if fast_compile else None, printer=printer)
+    report.update(suite=suite, workdir=workdir, checkpoint_step=learned.step if learned else None)
+    paths = report_lib.write_report(report, out_dir)
+    report_lib.track_report(writer, report, paths, step=learned.step if learned else 0)
+  finally:
+    writer.close()
+  printer(report_lib.format_markdown(report))
+  printer("Wrote " + ", ".join(paths.values()))
+  return Evaluation(report=report, paths=paths, out_dir=os.path.abspath(out_dir))

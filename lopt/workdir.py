@@ -1,0 +1,75 @@
+"""The layout of a run directory: the one place that names its files.
+
+``meta_train`` writes checkpoints and metrics into it, ``lopt.runs`` writes the operative config and reads trained
+optimizers from it, evaluation writes its reports there, sweeps mark finished configurations there. Everything
+else asks a ``Workdir`` for a path instead of spelling a file name.
+
+    <root>/config.gin            operative gin config of the run (written once the config is checked)
+    <root>/metrics.jsonl         one JSON object per logged step
+    <root>/checkpoints/          checkpoint_<step>.msgpack + checksum sidecar checkpoint_<step>.json
+    <root>/final_evaluation.json the held-out comparison at the end of meta-training
+    <root>/evaluation/           reports of ``experiments/evaluate.py``: evaluation.json, evaluation.md, curves_*.png
+    <root>/wandb/, wandb_run_id  wandb's files and the id that a resumed run logs to again
+    <root>/tensorboard/          TensorBoard event files (with the ``[tensorboard]`` extra)
+    <root>/sweep_result.json     a finished configuration of a sweep
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+CONFIG = "config.gin"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+FINAL_EVALUATION = "final_evaluation.json"
+EVALUATION = "evaluation"
+WANDB_RUN_ID = "wandb_run_id"
+TENSORBOARD = "tensorboard"
+SWEEP_RESULT = "sweep_result.json"
+# Files of an evaluation report (``lopt.evaluation.report``), in whatever directory it is written to.
+REPORT_JSON = "evaluation.json"
+REPORT_MARKDOWN = "evaluation.md"
+REPORT_FIGURES = {"train_curves": "curves_train.png", "test_curves": "curves_test.png", "speedups": "speedups.png"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+  """Paths inside the run directory ``root`` (nothing is created or read here)."""
+
+  root: str
+
+  def _path(self, name: str) -> str:
+    return os.path.join(self.root, name)
+
+  @property
+  def config(self) -> str:
+    return self._path(CONFIG)
+
+  @property
+  def metrics(self) -> str:
+    return self._path(METRICS)
+
+  @property
+  def checkpoints(self) -> str:
+    return self._path(CHECKPOINTS)
+
+  @property
+  def final_evaluation(self) -> str:
+    return self._path(FINAL_EVALUATION)
+
+  @property
+  def evaluation(self) -> str:
+    return self._path(EVALUATION)
+
+  @property
+  def wandb_run_id(self) -> str:
+    return self._path(WANDB_RUN_ID)
+
+  @property
+  def tensorboard(self) -> str:
+    return self._path(TENSORBOARD)
+
+  @property
+  def sweep_result(self) -> str:
+    return self._path(SWEEP_RESULT)
