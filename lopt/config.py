@@ -73,6 +73,22 @@ def _explain(error: Exception) -> str:
   return message
 
 
+def _add_include_root(path: str) -> None:
+  """Lets ``include 'gin_configs/...'`` lines resolve from any working directory: the parent of the nearest
+  ``gin_configs`` directory above ``path`` becomes a gin search path."""
+  directory = os.path.dirname(os.path.abspath(path))
+  while directory and os.path.basename(directory) != "gin_configs":
+    parent = os.path.dirname(directory)
+    if parent == directory:
+      return
+    directory = parent
+  root = os.path.dirname(directory)
+  prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
+  if root not in prefixes:
+    # First, not appended (gin.add_config_file_search_path): gin logs an error for every prefix it tries in vain.
+    prefixes.insert(0, root)
+
+
 def parse(config_files: Sequence[str] = (), bindings: Sequence[str] = ()) -> None:
   """Parses gin files then bindings (later ones override earlier ones); raises ``ConfigError`` on any problem."""
   for path in config_files:
@@ -80,6 +96,8 @@ def parse(config_files: Sequence[str] = (), bindings: Sequence[str] = ()) -> Non
       raise ConfigError(f"Gin config file '{path}' is a directory; give a .gin file inside it.")
     if not os.path.isfile(path):
       raise ConfigError(f"Gin config file '{path}' does not exist.")
+  for path in config_files:
+    _add_include_root(path)
   try:
     gin.parse_config_files_and_bindings(list(config_files), list(bindings), skip_unknown=False,
                                         finalize_config=False)

@@ -17,21 +17,69 @@ def test_gin_files_exist():
   assert any(path.endswith("quickstart.gin") for path in GIN_FILES)
 
 
+PLUGIN_TYPES = {"task_sampler": "TaskSampler", "architecture": "LearnedOptimizer", "estimator": "GradientEstimator"}
+
+
 @pytest.mark.parametrize("path", GIN_FILES, ids=lambda p: os.path.relpath(p, ROOT))
-def test_every_gin_file_parses_with_nothing_skipped(path, clean_gin):
-  config.parse([path])
-  # Building the configured objects proves every reference resolves (parsing alone is lazy for @refs).
+def test_every_gin_file_parses_and_builds_with_nothing_skipped(path, clean_gin):
   import gin
+  import lopt
+
   with open(path) as f:
-    text = f.read()
-  # Run configs bind all three; component files (e.g. gin_configs/estimators/) bind the ones they provide.
-  names = [n for n in ("task_sampler", "architecture", "estimator") if f"meta_train.{n}" in text]
-  if "meta_train.task_sampler" in text:
-    assert len(names) == 3, f"{path} is a run config but does not bind all of meta_train's plugins."
-  assert names, f"{path} binds no meta_train plugin."
-  for name in names:
-    value = gin.query_parameter(f"meta_train.{name}")
-    assert value is not None
+    text = "\n".join(line for line in f if not line.lstrip().startswith("#"))
+  run_config = "meta_train.task_sampler" in text or "include 'gin_configs/experiments/" in text
+  # Component files (architectures/, estimators/, ablations/) are layered over a run config, as documented.
+  config.parse([path] if run_config else [os.path.join(ROOT, "gin_configs", "quickstart.gin"), path])
+  bound = {}
+  for name, type_name in PLUGIN_TYPES.items():
+    if not run_config and f"meta_train.{name}" not in text:
+      continue
+    try:
+      reference = gin.query_parameter(f"meta_train.{name}")
+    except ValueError:
+      continue
+    # Building the configured object proves every reference and value resolves (parsing alone is lazy).
+    bound[name] = reference.scoped_configurable_fn()
+    assert isinstance(bound[name], getattr(lopt, type_name)), (path, name, bound[name])
+  if os.path.basename(path) == "base.gin":
+    assert not bound, "base.gin holds the outer-loop defaults only; run configs bind the plugins."
+    return
+  assert bound, f"{path} binds no meta_train plugin."
+  if run_config:  # all three plugins, and the shared outer-loop defaults
+    assert len(bound) == 3, f"{path} is a run config but does not bind all of meta_train's plugins."
+    assert "include 'gin_configs/base.gin'" in text or "include 'gin_configs/experiments/" in text, path
+    assert gin.query_parameter("meta_train.keep_checkpoints") >= 1
+
+
+def test_includes_resolve_from_any_working_directory(tmp_path, clean_gin):
+  import gin
+
+  previous = os.getcwd()
+  os.chdir(tmp_path)
+  try:
+    config.parse([os.path.join(ROOT, "gin_configs", "quickstart.gin")])
+  finally:
+    os.chdir(previous)
+  assert gin.query_parameter("meta_train.keep_checkpoints") == 3  # from base.gin
+  assert gin.query_parameter("%NUM_OUTER_STEPS") == 1000  # quickstart's override of base.gin's macro
+
+
+def test_gin_file_that_is_a_directory_is_named(clean_gin, tmp_path):
+  with pytest.raises(config.ConfigError, match="is a directory"):
+    config.parse([str(tmp_path)])
+
+
+def test_isolated_keeps_the_callers_bindings(clean_gin):
+  import gin
+
+  config.parse([], ["meta_train.seed = 7"])
+  with config.isolated():
+    gin.clear_config()
+    config.parse([], ["meta_train.seed = 3", "meta_train.log_every = 2"])
+    assert gin.query_parameter("meta_train.seed") == 3
+  assert gin.query_parameter("meta_train.seed") == 7
+  with pytest.raises(ValueError):
+    gin.query_parameter("meta_train.log_every")
 
 
 def test_unknown_plugin_suggests_closest(clean_gin):
