@@ -124,5 +124,5 @@ def test_diverging_task_is_masked_and_gradient_finite():
 def test_invalid_hyperparameters_rejected():
   with pytest.raises(ValueError, match="std"):
     pes_lib.pes(std=0.0)
-  with pytest.raises(ValueError, match="positive"):
+  with pytest.raises(ValueError, match="truncation_length"):
     pes_lib.pes(truncation_length=0)
