@@ -1,10 +1,20 @@
 """Packaging for lopt. Lower bounds are the versions the test suite was run with."""
 
+import re
+
 from setuptools import find_packages, setup
+
+
+def _version() -> str:
+  """The one version number, ``lopt.__version__``, read without importing the package."""
+  with open("lopt/__init__.py", encoding="utf-8") as f:
+    return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
 
 setup(
     name="lopt",
-    version="0.1.0",
+    version=_version(),
+    license="Apache-2.0",
     description="A JAX research framework for learned optimizers: plugins, gin-configured meta-training, optax "
                 "drop-in optimizers.",
     long_description=open("README.md", encoding="utf-8").read(),
@@ -24,7 +34,7 @@ setup(
         "matplotlib>=3.11",  # evaluation figures (lopt.plots), rendered headless with the Agg backend.
     ],
     extras_require={
-        "test": ["pytest>=9.0"],
+        "test": ["pytest>=9.0", "ruff>=0.15"],  # ruff: the lint gate .ci/run applies before the tests.
         # clu's metric writers (TensorBoard event files) import TensorFlow, which the default install avoids.
         "tensorboard": ["tensorflow-cpu", "tensorboard"],
     },

@@ -113,7 +113,8 @@ def main() -> None:
       best_s = min(run["estimators"][e]["min_call_s"] for run in runs[n])
       cpu_s = float(np.median([run["estimators"][e]["median_cpu_s"] for run in runs[n]]))
       rows[n][e] = {"median_call_s": call_s, "inner_steps_per_s": INNER_STEPS_PER_CALL / call_s,
-                    "best_call_s": best_s, "cpu_s_per_call": cpu_s, "best_inner_steps_per_s": INNER_STEPS_PER_CALL / best_s,
+                    "best_call_s": best_s, "cpu_s_per_call": cpu_s,
+                    "best_inner_steps_per_s": INNER_STEPS_PER_CALL / best_s,
                     "first_call_s": runs[n][0]["estimators"][e]["first_call_s"]}
   base = counts[0]
   for n in counts:

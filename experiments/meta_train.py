@@ -15,7 +15,8 @@ from lopt import runs, writers
 _GIN_CONFIG = flags.DEFINE_multi_string("gin_config", [], "Gin config file(s), parsed in order.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'meta_train.seed = 1'.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics and config.gin.", required=True)
-_WANDB_MODE = flags.DEFINE_enum("wandb_mode", "offline", list(writers.WANDB_MODES), "wandb mode; offline needs no network.")
+_WANDB_MODE = flags.DEFINE_enum("wandb_mode", "offline", list(writers.WANDB_MODES),
+                                "wandb mode; offline needs no network.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for several processes.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (several hosts).", lower_bound=1)
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 <= id < num_processes.",

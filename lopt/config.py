@@ -1,9 +1,9 @@
 """Gin at the edges: registers the top-level functions and parses configs with errors that help.
 
 Plugin factories register themselves with gin through ``lopt.registry``; this module adds the few top-level
-functions a run file configures (``meta_train``, the outer optimizer, the final and the periodic evaluation) and parses config files
-and bindings strictly: a missing file, an unknown configurable or an unknown parameter is an error that names the
-problem and, where one exists, the closest registered name. Nothing is ever skipped.
+functions a run file configures (``meta_train``, the outer optimizer, the final and the periodic evaluation) and
+parses config files and bindings strictly: a missing file, an unknown configurable or an unknown parameter is an
+error that names the problem and, where one exists, the closest registered name. Nothing is ever skipped.
 """
 
 from __future__ import annotations

@@ -191,8 +191,8 @@ class WandbWriter(MetricWriter):
   """Writes to a Weights & Biases run (``wandb`` is imported only when this writer is built).
 
   The run id is stored in ``directory``'s ``wandb_run_id`` file (``lopt.workdir``); a later writer on the same
-  directory reuses it, so a resumed run logs to the same wandb run. In ``offline`` mode nothing touches the network: the run is written under
-  ``directory/wandb`` and can be uploaded later with ``wandb sync``.
+  directory reuses it, so a resumed run logs to the same wandb run. In ``offline`` mode nothing touches the network:
+  the run is written under ``directory/wandb`` and can be uploaded later with ``wandb sync``.
   """
 
   def __init__(self, *, mode: str = "offline", project: str = "lopt", directory: str, name: str | None = None,

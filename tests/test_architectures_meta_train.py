@@ -15,7 +15,15 @@ from lopt.meta_trainers import pes as pes_lib
 from lopt.meta_trainers import unroll as unroll_lib
 from lopt.tasks import fixed, quadratic
 
-LEARNED = ["ff", "ff_small", "per_tensor", "lstm_hyper", "learnable_adam"]
+
+
+def _has_meta_parameters(name: str) -> bool:
+  theta = registry.lookup("architecture", name)().init(jax.random.key(0))
+  return sum(leaf.size for leaf in jax.tree.leaves(theta)) > 0
+
+
+# Every registered architecture with meta-parameters (the optax baselines have none, so nothing to meta-train).
+LEARNED = [name for name in registry.names("architecture") if _has_meta_parameters(name)]
 HORIZON = 20
 
 

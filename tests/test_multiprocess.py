@@ -1,6 +1,7 @@
 """Two processes on localhost (jax.distributed, gloo collectives) meta-train like one process, write once, resume.
 
-Each process of the pair has one CPU device and feeds one of the two tasks. The pair runs two steps; in a second test it runs one step, stops, resumes
+Each process of the pair has one CPU device and feeds one of the two tasks. The pair runs two steps; in a second
+test it runs one step, stops, resumes
 (each process restores the checkpoint and places its shard) and runs a second (marked slow); the result must match
 the same run in one process on one device.
 """

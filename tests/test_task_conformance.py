@@ -22,7 +22,8 @@ def _small_mlp():
 
 # name -> (factory producing a small family, Adam learning rate, largest allowed final / initial held-out loss).
 # Learning rates: Adam moves each parameter by about lr per step. The quadratic and 2-D functions need their
-# parameters to travel distances of order 1 in 100 steps, hence 1e-1 (Rosenbrock's curved valley still only gives about 0.55 in 100 steps); the networks use 1e-2 (at 1e-3 the
+# parameters to travel distances of order 1 in 100 steps, hence 1e-1 (Rosenbrock's curved valley still only gives
+# about 0.55 in 100 steps); the networks use 1e-2 (at 1e-3 the
 # small LMs and the autoencoder barely move in 100 steps, so the test could not tell training from noise).
 CONFORMANCE = {
     "quadratic": (lambda: tasks.quadratic(8, min_scale=1e-2, max_scale=1e2), 1e-1, 0.5),

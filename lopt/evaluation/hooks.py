@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import optax
 
-from lopt import arguments
 from lopt.architectures.base import LearnedOptimizer
 from lopt.evaluation.training import (FAST_COMPILE, HELDOUT_SEED_OFFSET, OptimizerFactory, compile_trainer,
                                       summarize, to_numpy, train_tasks)

@@ -11,8 +11,6 @@ is one compile; ``compile_trainer`` returns the jitted program for repeated call
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -20,9 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt.architectures.base import LearnedOptimizer
-from lopt.tasks.base import Task, TaskFamily, TaskSampler
-from lopt.types import MetaParams, Params, PRNGKey
+from lopt.tasks.base import Task, TaskFamily
+from lopt.types import Params, PRNGKey
 
 HELDOUT_SEED_OFFSET = 1_000_003
 

@@ -5,7 +5,8 @@ registered never depends on the configuration. Each module's factory has the mod
 (``lopt.meta_trainers.es.es``) and returns a ``GradientEstimator`` value.
 """
 
-from lopt.meta_trainers import antithetic, combined, es, objectives, outer_loop, pes, sharding, tbptt, truncation, unroll
+from lopt.meta_trainers import (antithetic, combined, es, objectives, outer_loop, pes, sharding, tbptt, truncation,
+                                unroll)
 from lopt.meta_trainers.estimator import GradientEstimator
 from lopt.meta_trainers.outer_loop import MetaTrainResult, default_meta_optimizer, meta_train
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import os
 import re
 import time
@@ -168,8 +167,9 @@ def run_sweep(configs: Sequence[SweepConfig], root: str, *, base_configs: Sequen
 
 # Markdown columns: (metric-name prefix, header prefix). The JSON summary keeps every metric, including the
 # held-out scores of Adam and of the untrained initialisation.
-SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (("meta_loss", "meta_loss"), ("steps_per_sec", "steps/s"),
-                                                ("heldout/meta-trained/", "held-out "), ("meta_eval/mean/", "meta-eval "))
+SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("meta_loss", "meta_loss"), ("steps_per_sec", "steps/s"),
+    ("heldout/meta-trained/", "held-out "), ("meta_eval/mean/", "meta-eval "))
 
 
 def format_summary(records: Sequence[Mapping[str, Any]]) -> str:

@@ -56,7 +56,8 @@ def build_architecture(config_path: str) -> LearnedOptimizer:
       raise config.ConfigError(f"Cannot build the architecture of {config_path}: {e}") from e
 
 
-def load_theta(checkpoint_dir: str, architecture: LearnedOptimizer, *, step: int | None = None) -> tuple[MetaParams, int]:
+def load_theta(checkpoint_dir: str, architecture: LearnedOptimizer, *,
+               step: int | None = None) -> tuple[MetaParams, int]:
   """The theta of a checkpoint (newest verified by default), checked against ``architecture``'s shapes."""
   target = architecture.init(jax.random.key(0))
   try:

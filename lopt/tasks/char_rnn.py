@@ -82,6 +82,19 @@ def lm_accuracy(apply, params, examples) -> jax.Array:
   return jnp.mean(jnp.argmax(apply(params, inputs), axis=-1) == targets)
 
 
+def language_model_family(name: str, model: nn.Module, corpus_data: text.TextData, *, corpus: str,
+                          text_file: str | None, batch_size: int, seq_len: int) -> TaskFamily:
+  """A next-character task family for ``model`` on random windows of ``corpus_data`` (shared by the LMs)."""
+
+  def batch(key, split):
+    return text.sample_sequences(getattr(corpus_data, split), key, batch_size, seq_len)
+
+  if corpus == "file":
+    name += f"_{text_file}"
+  return model_family(name=name, model=model, example_input=jnp.zeros((1, seq_len), jnp.int32), batch=batch,
+                      loss=lm_loss, normalizer=math.log(len(corpus_data.vocab)), accuracy=lm_accuracy)
+
+
 @register("task_family", "char_rnn")
 def char_rnn(*, cell: str = "gru", hidden_size: int = 32, embed_size: int = 16, seq_len: int = 16,
              batch_size: int = 8, corpus: str = "grammar", text_file: str | None = None) -> TaskFamily:
@@ -107,12 +120,6 @@ def char_rnn(*, cell: str = "gru", hidden_size: int = 32, embed_size: int = 16, 
   corpus_data = text.load_text(corpus, text_file)
   vocab_size = len(corpus_data.vocab)
   model = CharRNN(vocab_size=vocab_size, embed_size=embed_size, hidden_size=hidden_size, cell=cell)
-
-  def batch(key, split):
-    return text.sample_sequences(getattr(corpus_data, split), key, batch_size, seq_len)
-
   name = f"char_rnn_{corpus}_{cell}{hidden_size}_e{embed_size}_t{seq_len}_b{batch_size}"
-  if corpus == "file":
-    name += f"_{text_file}"
-  return model_family(name=name, model=model, example_input=jnp.zeros((1, seq_len), jnp.int32), batch=batch,
-                      loss=lm_loss, normalizer=math.log(vocab_size), accuracy=lm_accuracy)
+  return language_model_family(name, model, corpus_data, corpus=corpus, text_file=text_file, batch_size=batch_size,
+                               seq_len=seq_len)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from lopt.registry import register
 from lopt.tasks import text
 from lopt.tasks.base import TaskFamily
-from lopt.tasks.char_rnn import lm_accuracy, lm_loss
-from lopt.tasks.model_family import model_family
+from lopt.tasks.char_rnn import language_model_family
 
 
 class TransformerLM(nn.Module):
@@ -59,12 +56,6 @@ def transformer_lm(*, width: int = 32, depth: int = 1, num_heads: int = 2, seq_l
   corpus_data = text.load_text(corpus, text_file)
   vocab_size = len(corpus_data.vocab)
   model = TransformerLM(vocab_size=vocab_size, width=width, depth=depth, num_heads=num_heads, max_len=seq_len)
-
-  def batch(key, split):
-    return text.sample_sequences(getattr(corpus_data, split), key, batch_size, seq_len)
-
   name = f"transformer_lm_{corpus}_w{width}_d{depth}_h{num_heads}_t{seq_len}_b{batch_size}"
-  if corpus == "file":
-    name += f"_{text_file}"
-  return model_family(name=name, model=model, example_input=jnp.zeros((1, seq_len), jnp.int32), batch=batch,
-                      loss=lm_loss, normalizer=math.log(vocab_size), accuracy=lm_accuracy)
+  return language_model_family(name, model, corpus_data, corpus=corpus, text_file=text_file, batch_size=batch_size,
+                               seq_len=seq_len)
