@@ -60,7 +60,7 @@ def _shard_tasks(state, num_tasks: int):
 
 def _families():
   return {"quadratic_d10": quadratic(dim=10),
-          "image_mlp_64x32_digits_b128": image_mlp(hidden_sizes=(64, 32), batch_size=128)}
+          "image_mlp_64-64-32-10_digits_b128": image_mlp(hidden_sizes=(64, 32), batch_size=128)}
 
 
 def _estimators():

@@ -27,11 +27,14 @@ class LearnedOptimizer:
     optimizer: ``optimizer(theta, *, num_steps) -> optax.GradientTransformationExtraArgs``. ``num_steps`` is the
       length of the training run (an int, or a traced scalar when tasks have different horizons); the optimizer
       reads training progress as ``state step / num_steps``.
+    reads_valid_loss: whether ``update`` reads ``valid_loss=`` (an outer-validation loss). Inner loops compute
+      that loss, an extra forward pass, only for architectures that read it; others never receive it.
   """
 
   name: str
   init: Callable[[PRNGKey], MetaParams]
   optimizer: Callable[..., optax.GradientTransformationExtraArgs]
+  reads_valid_loss: bool = False
 
   def num_meta_parameters(self) -> int:
     """Number of scalars in theta (computed abstractly, without running init)."""

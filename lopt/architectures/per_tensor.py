@@ -13,8 +13,9 @@ normalised parameter); the step is
 with ``nominal`` a bias-corrected momentum over the factored RMS (Adafactor with momentum). The output layer and
 the LSTM's step head start near zero, so the untrained optimizer is that nominal rule.
 
-``update`` takes an optional keyword ``valid_loss``: the loss on a validation batch. Absent, the validation
-features are zero (not used).
+``update`` takes an optional keyword ``valid_loss``: the loss on an outer-validation batch (Metz et al. 2020).
+Meta-training and evaluation feed it every ``valid_every`` inner steps (``reads_valid_loss`` is True); called
+without it, as in a plain optax loop, the validation features are zero.
 """
 
 from __future__ import annotations
@@ -136,4 +137,4 @@ def per_tensor(*, lstm_hidden: int = 32, context_size: int = 8, hidden_sizes: Se
 
     return optax.GradientTransformationExtraArgs(init_state, update)
 
-  return LearnedOptimizer(name="per_tensor", init=init, optimizer=optimizer)
+  return LearnedOptimizer(name="per_tensor", init=init, optimizer=optimizer, reads_valid_loss=True)

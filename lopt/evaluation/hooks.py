@@ -16,7 +16,7 @@ import optax
 
 from lopt.architectures.base import LearnedOptimizer
 from lopt.evaluation.training import (FAST_COMPILE, HELDOUT_SEED_OFFSET, OptimizerFactory, compile_trainer,
-                                      summarize, to_numpy, train_tasks)
+                                      summarize, to_numpy, train_tasks, valid_every_for)
 from lopt.tasks.base import TaskSampler
 from lopt.types import MetaParams, PRNGKey
 from lopt.workdir import Workdir
@@ -41,17 +41,19 @@ def heldout_comparison(*, theta: MetaParams, init_theta: MetaParams, architectur
   Returns:
     ``{family name: {optimizer name: summary}}``.
   """
-  optimizers: dict[str, OptimizerFactory] = {
-      "meta-trained": lambda n: architecture.optimizer(theta, num_steps=n),
-      "initialisation": lambda n: architecture.optimizer(init_theta, num_steps=n),
-      f"adam({adam_learning_rate:g})": lambda n: optax.with_extra_args_support(optax.adam(adam_learning_rate)),
+  learned_valid = valid_every_for(architecture)
+  optimizers: dict[str, tuple[OptimizerFactory, int]] = {
+      "meta-trained": (lambda n: architecture.optimizer(theta, num_steps=n), learned_valid),
+      "initialisation": (lambda n: architecture.optimizer(init_theta, num_steps=n), learned_valid),
+      f"adam({adam_learning_rate:g})": (lambda n: optax.with_extra_args_support(optax.adam(adam_learning_rate)), 0),
   }
   key = jax.random.key(seed + HELDOUT_SEED_OFFSET)
   report = {}
   for i, family in enumerate(task_sampler.families):
     family_key = jax.random.fold_in(key, i)
-    rows = {name: summarize(train_tasks(family, make, family_key, num_tasks=num_tasks, num_steps=num_steps))
-            for name, make in optimizers.items()}
+    rows = {name: summarize(train_tasks(family, make, family_key, num_tasks=num_tasks, num_steps=num_steps,
+                                        valid_every=valid))
+            for name, (make, valid) in optimizers.items()}
     report[family.name] = rows
     table = format_table(rows)
     header = f"Held-out comparison on {family.name}: {num_tasks} tasks x {num_steps} steps (normalised losses)"
@@ -115,7 +117,8 @@ def periodic_meta_eval(*, num_tasks: int = 4, num_steps: int = 100, seed: int = 
       cache_key = (architecture.name, family.name)
       if cache_key not in programs:
         programs[cache_key] = compile_trainer(
-            family, lambda th, n: architecture.optimizer(th, num_steps=n), **common)
+            family, lambda th, n: architecture.optimizer(th, num_steps=n), valid_every=valid_every_for(architecture),
+            **common)
       family_scores = scores(to_numpy(programs[cache_key](theta, key)))
       if compare_adam:
         if family.name not in adam_final:

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.architectures.base import LearnedOptimizer
+from lopt.meta_trainers import unroll
 from lopt.tasks.base import Task, TaskFamily
 from lopt.types import Params, PRNGKey
 
@@ -32,6 +34,14 @@ EvalParams = Callable[[optax.OptState, Params], Params]
 # XLA options that cut the CPU compile time of these small programs 3-5x (measured on 2 cores), but make steps
 # slower, up to 15x for conv nets: worth it only for programs whose compile dwarfs their run (few, short runs).
 FAST_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 0}
+
+# Evaluation feeds the validation loss as often as meta-training does by default (``Truncation.valid_every``).
+VALID_EVERY = 10
+
+
+def valid_every_for(architecture: LearnedOptimizer, valid_every: int = VALID_EVERY) -> int:
+  """``valid_every`` for training with ``architecture``: the given value if it reads ``valid_loss``, else 0."""
+  return valid_every if unroll.feeds_valid_loss(architecture, valid_every) else 0
 
 
 def _jit(fn: Callable[..., Any], compiler_options: Mapping[str, Any] | None) -> Callable[..., Any]:
@@ -74,34 +84,45 @@ def _test_metrics(task: Task, params: Params, key: PRNGKey, num_batches: int) ->
 
 
 def _program(family: TaskFamily, make_optimizer: ParamOptimizerFactory, *, num_tasks: int, num_steps: int,
-             eval_every: int, num_eval_batches: int,
-             eval_params: EvalParams | None) -> Callable[[Any, PRNGKey], dict[str, jax.Array]]:
+             eval_every: int, num_eval_batches: int, eval_params: EvalParams | None,
+             valid_every: int = 0) -> Callable[[Any, PRNGKey], dict[str, jax.Array]]:
   """``(hparams, key) -> results`` for ``num_tasks`` tasks of ``family`` (vmapped over tasks, not jitted)."""
   if num_steps < 1 or num_tasks < 1 or num_eval_batches < 1:
     raise ValueError(f"num_steps, num_tasks and num_eval_batches must be positive, got {num_steps}, {num_tasks}, "
                      f"{num_eval_batches}.")
+
+  if valid_every < 0:
+    raise ValueError(f"valid_every must be >= 0, got {valid_every}.")
 
   def one_task(hparams, task_key):
     tx = make_optimizer(hparams, num_steps)
     cfg_key, init_key, data_key, eval_key = jax.random.split(task_key, 4)
     task = family.task(family.sample(cfg_key))
     params = task.init(init_key)
+    if valid_every:
+      unroll.check_validation_split(task, family)
 
-    def step(carry, k):
-      params, opt_state = carry
-      batch_key, loss_key = jax.random.split(k)
+    def step(carry, xs):
+      params, opt_state, valid_loss = carry
+      k, index = xs
+      batch_key, loss_key, valid_key = jax.random.split(k, 3)
       loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.batch(batch_key, "train"))
-      updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
-      return (optax.apply_updates(params, updates), opt_state), task.normalize(loss)
+      extra = {}
+      if valid_every:
+        # The optimizer reads the validation loss (Metz et al. 2020), here from the task's outer-validation split.
+        valid_loss = unroll.latest_valid_loss(task, params, valid_key, index, valid_every, valid_loss)
+        extra["valid_loss"] = valid_loss
+      updates, opt_state = tx.update(grads, opt_state, params, loss=loss, **extra)
+      return (optax.apply_updates(params, updates), opt_state, valid_loss), task.normalize(loss)
 
     def measure(carry):
-      params, opt_state = carry
+      params, opt_state, _ = carry
       if eval_params is not None:
         params = eval_params(opt_state, params)
       return _test_metrics(task, params, eval_key, num_eval_batches)
 
-    carry = (params, tx.init(params))
-    step_keys = jax.random.split(data_key, num_steps)
+    carry = (params, tx.init(params), jnp.zeros([], jnp.float32))
+    step_keys = (jax.random.split(data_key, num_steps), jnp.arange(num_steps))
     chunks = num_steps // eval_every if eval_every > 0 else 0
     done = chunks * eval_every
     losses, tests = [], []
@@ -111,11 +132,12 @@ def _program(family: TaskFamily, make_optimizer: ParamOptimizerFactory, *, num_t
         return carry, (chunk_losses, measure(carry))
 
       first = measure(carry)
-      carry, (chunk_losses, chunk_tests) = jax.lax.scan(chunk, carry, step_keys[:done].reshape(chunks, eval_every))
+      chunked = jax.tree.map(lambda x: x[:done].reshape((chunks, eval_every) + x.shape[1:]), step_keys)
+      carry, (chunk_losses, chunk_tests) = jax.lax.scan(chunk, carry, chunked)
       losses.append(chunk_losses.reshape(-1))
       tests = [jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, chunk_tests)]
     if done < num_steps:
-      carry, rest = jax.lax.scan(step, carry, step_keys[done:])
+      carry, rest = jax.lax.scan(step, carry, jax.tree.map(lambda x: x[done:], step_keys))
       losses.append(rest)
       tests.append(jax.tree.map(lambda a: a[None], measure(carry)))
     test_losses, test_accuracies = (jnp.concatenate(parts) for parts in zip(*tests))
@@ -137,21 +159,23 @@ def to_numpy(result: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
 
 def compile_trainer(family: TaskFamily, make_optimizer: ParamOptimizerFactory, *, num_tasks: int, num_steps: int,
                     eval_every: int = 0, num_eval_batches: int = 4, eval_params: EvalParams | None = None,
-                    compiler_options: Mapping[str, Any] | None = None
+                    compiler_options: Mapping[str, Any] | None = None, valid_every: int = 0
                     ) -> Callable[[Any, PRNGKey], dict[str, jax.Array]]:
   """The jitted ``(hparams, key) -> results`` program of ``train_tasks``, for repeated calls with new hparams.
 
   ``make_optimizer(hparams, num_steps)`` builds the optimizer from a traced ``hparams`` (e.g. theta), so calls with
-  new values of the same structure reuse one compile. ``compiler_options``: e.g. ``FAST_COMPILE``.
+  new values of the same structure reuse one compile. ``compiler_options``: e.g. ``FAST_COMPILE``. ``valid_every``:
+  as in ``train_tasks``.
   """
   return _jit(_program(family, make_optimizer, num_tasks=num_tasks, num_steps=num_steps, eval_every=eval_every,
-                       num_eval_batches=num_eval_batches, eval_params=eval_params), compiler_options)
+                       num_eval_batches=num_eval_batches, eval_params=eval_params, valid_every=valid_every),
+              compiler_options)
 
 
 def train_tasks(family: TaskFamily, make_optimizer: OptimizerFactory, key: PRNGKey, *, num_tasks: int,
                 num_steps: int, num_eval_batches: int = 4, eval_every: int = 0,
-                eval_params: EvalParams | None = None,
-                compiler_options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+                eval_params: EvalParams | None = None, compiler_options: Mapping[str, Any] | None = None,
+                valid_every: int = 0) -> dict[str, np.ndarray]:
   """Trains ``num_tasks`` tasks sampled from ``family`` for ``num_steps`` steps each (vmapped, one compile).
 
   Args:
@@ -164,6 +188,8 @@ def train_tasks(family: TaskFamily, make_optimizer: OptimizerFactory, key: PRNGK
     eval_every: also measure the test loss every this many steps (see ``eval_steps``); 0 only at the end.
     eval_params: ``(opt_state, params) -> params`` evaluated on the test split (default: ``params``).
     compiler_options: XLA options for the compile, e.g. ``FAST_COMPILE``.
+    valid_every: when positive, ``update`` also receives ``valid_loss=``, the loss on an outer-validation batch
+      computed every this many steps (``valid_every_for`` gives the value for an architecture).
 
   Returns:
     ``train_loss`` (num_tasks, num_steps) normalised training losses (entry t is the loss after t updates),
@@ -171,7 +197,8 @@ def train_tasks(family: TaskFamily, make_optimizer: OptimizerFactory, key: PRNGK
     classification families, ``test_accuracy`` (num_tasks,) and ``test_accuracy_curve``.
   """
   program = _program(family, lambda _, n: make_optimizer(n), num_tasks=num_tasks, num_steps=num_steps,
-                     eval_every=eval_every, num_eval_batches=num_eval_batches, eval_params=eval_params)
+                     eval_every=eval_every, num_eval_batches=num_eval_batches, eval_params=eval_params,
+                     valid_every=valid_every)
   return to_numpy(_jit(program, compiler_options)(None, key))
 
 

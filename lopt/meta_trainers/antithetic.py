@@ -93,7 +93,7 @@ def truncation_step(settings: Truncation, perturbation: Perturbation, theta: Met
   thetas = jax.tree.map(lambda t, e: jnp.stack([t[None] + e, t[None] - e]), theta, eps)
   run = lambda th, s, k: unroll_lib.unroll(
       th, s, k, settings.truncation_length, task_family=task_family, learned_optimizer=learned_optimizer,
-      meta_loss_split=settings.meta_loss_split)
+      meta_loss_split=settings.meta_loss_split, valid_every=settings.valid_every)
   task_keys = jnp.repeat(jax.random.split(key, num_slots // copies), copies, axis=0)
   # Both signs see the same keys, hence the same data: the antithetic pair differs only by the perturbation.
   inner, losses = jax.vmap(jax.vmap(run), in_axes=(0, 0, None))(thetas, inner, task_keys)

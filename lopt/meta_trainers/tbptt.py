@@ -71,6 +71,7 @@ def tbptt(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200
     def task_objective(th, task_state, task_key):
       new_state, losses = unroll_lib.unroll(th, task_state, task_key, settings.truncation_length,
                                             meta_loss_split=settings.meta_loss_split, remat=remat,
+                                            valid_every=settings.valid_every,
                                             first_order=first_order, **kw)
       return objectives.reduce(losses, settings.objective), new_state
 

@@ -18,7 +18,7 @@ import optax
 
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers.truncation import TruncationSchedule
-from lopt.tasks.base import SPLITS, TaskFamily
+from lopt.tasks.base import SPLITS, Task, TaskFamily
 from lopt.types import MetaParams, Params, PRNGKey, PyTree
 
 
@@ -103,7 +103,7 @@ def reset_where(done: jax.Array, fresh: TaskState, state: TaskState) -> TaskStat
 
 def unroll(theta: MetaParams, state: TaskState, key: PRNGKey, num_steps: int, *, task_family: TaskFamily,
            learned_optimizer: LearnedOptimizer, meta_loss_split: str = "train", remat: bool = False,
-           first_order: bool = False) -> tuple[TaskState, jax.Array]:
+           first_order: bool = False, valid_every: int = 0) -> tuple[TaskState, jax.Array]:
   """Trains one task for ``num_steps`` inner steps with ``lax.scan``.
 
   Args:
@@ -120,6 +120,9 @@ def unroll(theta: MetaParams, state: TaskState, key: PRNGKey, num_steps: int, *,
     first_order: when the unroll is differentiated, treat each inner gradient as a constant: the meta-gradient
       keeps every path through the optimizer's updates and the losses but drops the second-order terms through
       the task's Hessian (like first-order MAML). No effect on the forward pass.
+    valid_every: for an architecture that ``reads_valid_loss``, the loss on an outer-validation batch is computed
+      at the first step of the truncation and every ``valid_every`` steps after it, and each step's ``update`` gets
+      the latest one as ``valid_loss=`` (Metz et al. 2020). 0, or an architecture that does not read it: not fed.
 
   Returns:
     The new state and the normalised meta-loss of each step, shape ``(num_steps,)``.
@@ -128,9 +131,13 @@ def unroll(theta: MetaParams, state: TaskState, key: PRNGKey, num_steps: int, *,
     raise ValueError(f"meta_loss_split must be one of {SPLITS}, got '{meta_loss_split}'.")
   task = task_family.task(state.cfg)
   tx = learned_optimizer.optimizer(theta, num_steps=state.horizon)
+  feed_valid = feeds_valid_loss(learned_optimizer, valid_every)
+  if feed_valid:
+    check_validation_split(task, task_family)
 
-  def step_fn(carry, step_key):
-    params, opt_state = carry
+  def step_fn(carry, xs):
+    params, opt_state, valid_loss = carry
+    step_key, index = xs
     batch_key, loss_key, valid_key = jax.random.split(step_key, 3)
     loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.batch(batch_key, "train"))
     if first_order:
@@ -139,13 +146,47 @@ def unroll(theta: MetaParams, state: TaskState, key: PRNGKey, num_steps: int, *,
       meta_loss = loss
     else:
       meta_loss = task.loss(params, loss_key, task.batch(valid_key, meta_loss_split))
-    updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
+    extra = {}
+    if feed_valid:
+      valid_loss = latest_valid_loss(task, params, valid_key, index, valid_every, valid_loss)
+      extra["valid_loss"] = valid_loss
+    updates, opt_state = tx.update(grads, opt_state, params, loss=loss, **extra)
     params = optax.apply_updates(params, updates)
-    return (params, opt_state), task.normalize(meta_loss)
+    return (params, opt_state, valid_loss), task.normalize(meta_loss)
 
   if remat:
     step_fn = jax.checkpoint(step_fn)
-  (params, opt_state), losses = jax.lax.scan(step_fn, (state.params, state.opt_state),
-                                              jax.random.split(key, num_steps))
+  carry = (state.params, state.opt_state, jnp.zeros([], jnp.float32))
+  (params, opt_state, _), losses = jax.lax.scan(step_fn, carry, (jax.random.split(key, num_steps),
+                                                                 jnp.arange(num_steps)))
   new_state = state._replace(params=params, opt_state=opt_state, step=state.step + num_steps)
   return new_state, losses
+
+
+def feeds_valid_loss(learned_optimizer: LearnedOptimizer, valid_every: int) -> bool:
+  """Whether an inner loop computes and passes ``valid_loss=``: asked for, and read by the architecture."""
+  if isinstance(valid_every, bool) or not isinstance(valid_every, int) or valid_every < 0:
+    raise ValueError(f"valid_every must be an integer >= 0, got {valid_every!r}.")
+  return valid_every > 0 and getattr(learned_optimizer, "reads_valid_loss", False)
+
+
+def check_validation_split(task: Task, task_family: TaskFamily) -> None:
+  """Fails with the family's name when its tasks cannot draw an outer-validation batch."""
+  try:
+    jax.eval_shape(lambda key: task.batch(key, "outer_valid"), jax.random.key(0))
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"Task family '{task_family.name}' has no 'outer_valid' split, which feeding valid_loss to "
+                     f"the learned optimizer needs ({e}); set valid_every = 0 for it.") from e
+
+
+def latest_valid_loss(task: Task, params: Params, key: PRNGKey, index: jax.Array, valid_every: int,
+                      previous: jax.Array) -> jax.Array:
+  """The outer-validation loss at steps ``0, valid_every, 2 * valid_every, ...`` of a scan, else ``previous``.
+
+  ``index`` is the scan's own step counter, the same for every task of a ``vmap``, so ``lax.cond`` stays a real
+  branch (it would become a select, computing the loss every step, if the condition differed between tasks).
+  """
+  def fresh():
+    return task.loss(params, key, task.batch(jax.random.fold_in(key, 1), "outer_valid")).astype(jnp.float32)
+
+  return jax.lax.cond(index % valid_every == 0, fresh, lambda: previous)
