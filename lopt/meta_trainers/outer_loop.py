@@ -72,7 +72,9 @@ def make_meta_step(estimator: GradientEstimator, family: TaskFamily, architectur
                                                   learned_optimizer=architecture)
     finite = tree_finite(grad)
     grad = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grad)
-    updates, new_opt_state = meta_optimizer.update(grad, opt_state, theta)
+    # A learned outer optimizer reads the meta-loss as its loss (optax ones ignore it).
+    outer_loss = jnp.nan_to_num(jnp.asarray(metrics["meta_loss"], jnp.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    updates, new_opt_state = meta_optimizer.update(grad, opt_state, theta, loss=outer_loss)
     new_theta = optax.apply_updates(theta, updates)
     # A non-finite meta-gradient must not reach theta or the outer optimizer's moments.
     theta, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (new_theta, new_opt_state),
@@ -295,7 +297,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
   checkpoints.ensure_writable_dir(workdir)
   main_process = sharding.is_main_process()
   run, state = _build(task_sampler=task_sampler, architecture=architecture, estimator=estimator,
-                      meta_optimizer=meta_optimizer or default_meta_optimizer(), seed=seed,
+                      meta_optimizer=optax.with_extra_args_support(meta_optimizer or default_meta_optimizer()),
+                      seed=seed,
                       workdir=Workdir(workdir))
   state = _restore(run, state, main_process=main_process)
   _place(run, state, estimator, num_devices)
