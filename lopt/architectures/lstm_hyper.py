@@ -45,11 +45,11 @@ PRESETS: dict[str, dict[str, int]] = {"small": {"lstm_hidden": 32, "num_weight_s
 
 
 class LSTMHyperState(NamedTuple):
-  """Optimizer state: count; momenta (stacked over decays per tensor), second moment, factored row/column second
+  """Optimizer state: count; momenta (one tree per decay), second moment, factored row/column second
   moments (stacked over factored decays); per-tensor LSTM state; the loss buffer."""
 
   count: jax.Array
-  momenta: Params
+  momenta: tuple[Params, ...]
   rms: Params
   rows: Params
   cols: Params
@@ -77,6 +77,23 @@ def _init_bank(key: PRNGKey, sizes: tuple[int, ...], direction_feature: int, noi
     else:
       w = w.at[0, 0].add(1.0).at[1, 0].add(-1.0)
     out.append({"w": w, "b": jnp.zeros((n_out,), jnp.float32)})
+  return out
+
+
+def _first_layer(layer: dict, feats: list[jax.Array], shape: tuple[int, ...]) -> list[jax.Array]:
+  """Pre-activations of the MLP's first layer, one array per unit. Features of the tensor's full shape are summed
+  elementwise; the others (row and column statistics at broadcastable shapes) are summed per shape on their small
+  arrays and broadcast once."""
+  out = []
+  for j in range(layer["w"].shape[1]):
+    groups: dict[tuple[int, ...], jax.Array] = {}
+    for i, f in enumerate(feats):
+      term = f * layer["w"][i, j]
+      groups[f.shape] = term if f.shape not in groups else groups[f.shape] + term
+    dense = groups.pop(shape, jnp.zeros(shape, jnp.float32)) + layer["b"][j]
+    # The barrier makes XLA compute the small row/column sums once; fused into the per-parameter loop they were
+    # recomputed (rsqrts included) for every entry, which made the step ~5x slower.
+    out.append(sum(jax.lax.optimization_barrier(list(groups.values())), dense))
   return out
 
 
@@ -146,14 +163,13 @@ def lstm_hyper(*, preset: str = "small", lstm_hidden: int | None = None, num_wei
 
   def optimizer(theta: MetaParams, *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
     loss_decays = velo_features.loss_decays(num_steps)
-    m_decays = jnp.asarray(momentum_decays, jnp.float32)
 
     def init_state(params: Params) -> LSTMHyperState:
       zeros = lambda shape_of: jax.tree.map(lambda p: jnp.zeros(shape_of(p), jnp.float32), params)
       rows = zeros(lambda p: (num_factored,) + features.factored_shapes(p.shape)[0])
       cols = zeros(lambda p: (num_factored,) + features.factored_shapes(p.shape)[1])
       return LSTMHyperState(
-          count=jnp.zeros([], jnp.int32), momenta=zeros(lambda p: (num_momenta,) + p.shape),
+          count=jnp.zeros([], jnp.int32), momenta=tuple(zeros(lambda p: p.shape) for _ in momentum_decays),
           rms=zeros(lambda p: p.shape), rows=rows, cols=cols, lstm_h=zeros(lambda p: (lstm_hidden,)),
           lstm_c=zeros(lambda p: (lstm_hidden,)), loss=velo_features.init_loss_buffer())
 
@@ -167,13 +183,14 @@ def lstm_hyper(*, preset: str = "small", lstm_hidden: int | None = None, num_wei
                                 velo_features.loss_features(loss_buffer, loss_decays)])
 
       treedef = jax.tree.structure(grads)
-      flat = [treedef.flatten_up_to(x) for x in (grads, params, state.momenta, state.rms, state.rows, state.cols,
-                                                   state.lstm_h, state.lstm_c)]
+      # Momenta as one list per tensor (separate arrays: slicing a stacked array made XLA write each slice out).
+      per_tensor_momenta = list(zip(*(treedef.flatten_up_to(m) for m in state.momenta)))
+      flat = [treedef.flatten_up_to(x) for x in (grads, params)] + [per_tensor_momenta] + [
+          treedef.flatten_up_to(x) for x in (state.rms, state.rows, state.cols, state.lstm_h, state.lstm_c)]
       moments, lstm_inputs = [], []
       for g, p, m, v, rows, cols in zip(*flat[:6]):
         g = jnp.clip(g.astype(jnp.float32), -velo_features.GRAD_CLIP, velo_features.GRAD_CLIP)
-        shaped = m_decays.reshape((-1,) + (1,) * g.ndim)
-        m = shaped * m + (1.0 - shaped) * g[None]
+        m = [d * m_ + (1.0 - d) * g for d, m_ in zip(momentum_decays, m)]
         g_sq = jnp.square(g)
         v = rms_decay * v + (1.0 - rms_decay) * g_sq
         fac = [features.update_factored(rows[j], cols[j], g_sq, d) for j, d in enumerate(factored_decays)]
@@ -196,14 +213,18 @@ def lstm_hyper(*, preset: str = "small", lstm_hidden: int | None = None, num_wei
         feats, normalisers = velo_features.parameter_features(p, g, m, v, rows, cols)
         tensor_mlp = jax.tree.map(lambda w: w[i], mixed)
         # Normalising each feature to RMS 1 over the tensor is a per-tensor scaling of the first layer's rows.
-        tensor_mlp[0] = {"w": tensor_mlp[0]["w"] * normalisers[:, None], "b": tensor_mlp[0]["b"]}
-        d, mag = apply_small_mlp(tensor_mlp, feats)
+        first = {"w": tensor_mlp[0]["w"] * normalisers[:, None], "b": tensor_mlp[0]["b"]}
+        hidden = [jax.nn.relu(x) for x in _first_layer(first, feats, g.shape)]
+        if len(tensor_mlp) > 2:
+          # Written out once: left fused, XLA duplicated the first layer into every unit of the second.
+          hidden = jax.lax.optimization_barrier(hidden)
+        d, mag = apply_small_mlp(tensor_mlp[1:], hidden)
         p32 = p.astype(jnp.float32)
         scale = base_step * step_mult[i] * jnp.sqrt(jnp.mean(jnp.square(p32)) + 1e-9)
         updates.append((-scale * d * features.bounded_exp(magnitude_scale * mag)).astype(p.dtype))
       unflat = treedef.unflatten
       new_state = LSTMHyperState(
-          count=state.count + 1, momenta=unflat([x[1] for x in moments]), rms=unflat([x[2] for x in moments]),
+          count=state.count + 1, momenta=tuple(unflat([x[1][k] for x in moments]) for k in range(num_momenta)), rms=unflat([x[2] for x in moments]),
           rows=unflat([x[3] for x in moments]), cols=unflat([x[4] for x in moments]), lstm_h=unflat(list(h)),
           lstm_c=unflat(list(c)), loss=loss_buffer)
       return unflat(updates), new_state

@@ -31,6 +31,7 @@ NUM_RANKS = 5
 GRAD_CLIP = 1000.0  # VeLO clips every gradient entry to +-1000 before anything else.
 RMS_EPS = 1e-6
 NORMALISER_EPS = 1e-5
+SAMPLE_SIZE = 4096  # tensors larger than this are summarised from a fixed sample of this many entries
 
 
 def fractional_tanh_embed(fraction: jax.Array) -> jax.Array:
@@ -104,19 +105,22 @@ def rank_one_hot(shape: Sequence[int]) -> jax.Array:
   return jnp.asarray([1.0 if rank == r else 0.0 for r in range(NUM_RANKS)], jnp.float32)
 
 
-def tensor_inputs(param: jax.Array, momenta: jax.Array, rms: jax.Array) -> jax.Array:
+def tensor_inputs(param: jax.Array, momenta: Sequence[jax.Array], rms: jax.Array,
+                  sample_size: int = SAMPLE_SIZE) -> jax.Array:
   """One tensor's statistics for the LSTM: per momentum its log-variance, the second moment's log-mean and
   log-variance, all after dividing by the parameter RMS (so they are relative to the parameter's scale), and the
-  rank one-hot. ``momenta`` is stacked over decays, ``(num_decays, *shape)``.
+  rank one-hot. Tensors larger than ``sample_size`` are summarised from a fixed sample (``sample_indices``). ``momenta``: one array per decay.
   """
-  p32 = param.astype(jnp.float32)
+  # Statistics of large tensors on the same fixed sample as ``parameter_features``'s normalisers.
+  indices = sample_indices(param.shape, sample_size)
+  pick = lambda x: take_sample(x, param.shape, indices)
+  momenta, rms = [pick(m) for m in momenta], pick(rms)
+  p32 = pick(param.astype(jnp.float32))
   norm = jax.lax.rsqrt(jnp.maximum(jnp.mean(jnp.square(p32)), 1e-9))
-  axes = tuple(range(1, momenta.ndim))
-  m = momenta * norm
-  var_m = jnp.mean(jnp.square(m), axis=axes) - jnp.square(jnp.mean(m, axis=axes))
-  v = rms * norm
-  mean_v = jnp.mean(v)
-  var_v = jnp.mean(jnp.square(v)) - jnp.square(mean_v)
+  # Variances as E[x^2] - E[x]^2 of the raw momenta: reductions XLA can take straight from the state arrays.
+  var_m = jnp.stack([jnp.mean(jnp.square(m)) - jnp.square(jnp.mean(m)) for m in momenta]) * jnp.square(norm)
+  mean_v = jnp.mean(rms) * norm
+  var_v = jnp.mean(jnp.square(rms)) * jnp.square(norm) - jnp.square(mean_v)
   stats = _clip_log_abs(jnp.concatenate([jnp.maximum(var_m, 0.0), jnp.stack([mean_v, jnp.maximum(var_v, 0.0)])]))
   return jnp.concatenate([stats, rank_one_hot(param.shape)])
 
@@ -139,56 +143,105 @@ def adam_feature_index(num_momenta: int) -> int:
   return 4 + num_momenta
 
 
-def parameter_features(param: jax.Array, grad: jax.Array, momenta: jax.Array, rms: jax.Array, rows: jax.Array,
-                       cols: jax.Array) -> tuple[list[jax.Array], jax.Array]:
+def sample_indices(shape: Sequence[int], sample_size: int = SAMPLE_SIZE) -> np.ndarray | None:
+  """Flat indices of a fixed, evenly strided subsample of a tensor of ``shape``, or ``None`` (use every entry) for
+  tensors of at most ``sample_size`` entries.
+
+  The stride is coprime to the last axis, so the sample visits every column (and every row of a tall matrix) as
+  evenly as a sample of that size can: statistics of row- or column-structured features are not aliased.
+  """
+  size = int(np.prod(shape)) if len(shape) else 1
+  if size <= sample_size:
+    return None
+  stride = -(-size // sample_size)
+  last = int(shape[-1])
+  while np.gcd(stride, last) != 1:
+    stride += 1
+  return np.arange(0, size, stride, dtype=np.int64)[:sample_size]
+
+
+def take_sample(x: jax.Array, shape: Sequence[int], indices: np.ndarray | None) -> jax.Array:
+  """The entries of ``x`` (of ``shape`` or broadcastable to it, e.g. ``(n, 1)``) at flat ``indices`` of ``shape``."""
+  if indices is None:
+    return x
+  x = jnp.asarray(x)
+  if x.shape == tuple(shape):
+    return x.reshape(-1)[indices]
+  coords = np.unravel_index(indices, tuple(shape))
+  offset = len(shape) - x.ndim  # leading axes x lacks are broadcast
+  index = tuple(np.zeros_like(indices) if x.shape[a] == 1 else coords[a + offset] for a in range(x.ndim))
+  return x[index]
+
+
+def _factored_rsqrt_factors(row: jax.Array, col: jax.Array, shape: Sequence[int],
+                            eps: float = 1e-9) -> tuple[jax.Array, jax.Array]:
+  """``features.factored_rsqrt`` as two factors whose product it is: for matrices a row factor ``(..., n, 1)`` and
+  a column factor ``(..., 1, m)``; for vectors and scalars the full value and 1."""
+  if not features.is_factored(shape):
+    return jax.lax.rsqrt(row + eps), jnp.ones([], jnp.float32)
+  row_scale = jax.lax.rsqrt(row / (jnp.mean(row, axis=-1, keepdims=True) + eps) + eps)
+  return row_scale[..., :, None], jax.lax.rsqrt(col + eps)[..., None, :]
+
+
+def _feature_list(p: jax.Array, grad: jax.Array, moms: Sequence[jax.Array], rms: jax.Array,
+                  fac: Sequence[tuple[jax.Array, jax.Array]], row_b: Sequence[jax.Array],
+                  col_b: Sequence[jax.Array]) -> list[jax.Array]:
+  """The features, in ``parameter_features``'s order, from raw (full or sampled) arrays."""
+  rsqrt_v = jax.lax.rsqrt(rms + RMS_EPS)
+  feats = [grad, jnp.clip(grad, -0.1, 0.1), p, *moms, rms, *(m * rsqrt_v for m in moms), rsqrt_v, grad * rsqrt_v]
+  feats += [(grad * a) * b for a, b in fac]
+  feats += list(row_b) + list(col_b)
+  feats += [jax.lax.rsqrt(r + 1e-8) for r in row_b] + [jax.lax.rsqrt(c + 1e-8) for c in col_b]
+  feats += [(m * a) * b for m, (a, b) in zip(moms, fac)]
+  return feats
+
+
+def parameter_features(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.Array], rms: jax.Array,
+                       rows: jax.Array, cols: jax.Array,
+                       sample_size: int = SAMPLE_SIZE) -> tuple[list[jax.Array], jax.Array]:
   """VeLO's per-parameter inputs of one tensor and their normalisers.
 
   Args:
     param, grad: the tensor and its (clipped, float32) gradient.
-    momenta: ``(num_momenta, *shape)`` momenta at VeLO's decays.
+    momenta: one array per momentum decay.
     rms: the second moment, ``shape``.
     rows, cols: ``(num_factored, ...)`` Adafactor row/column second moments (``features.update_factored``; for
       vectors and scalars ``rows`` holds the full second moment and ``cols`` is unused).
+    sample_size: tensors larger than this estimate the normalisers on a fixed strided sample of this many entries
+      (``sample_indices``).
 
   Returns:
     The features, in order: g, clip(g, +-0.1), p, each m, v, each m/sqrt(v), 1/sqrt(v), g/sqrt(v); per factored
-    decay j: g/sqrt(fac_j); the row and the column statistic of fac_j, and 1/sqrt of each (broadcast to the
-    tensor); and m_j/sqrt(fac_j) for the first min(#momenta, #factored) pairs. And their normalisers
-    ``rsqrt(1e-5 + mean(f**2))`` over the tensor, shape ``(num_features,)``.
+    decay j: g/sqrt(fac_j); the row and the column statistic of each fac_j, and 1/sqrt of each (of matrices kept
+    at broadcastable shapes, ``(..., n, 1)`` and ``(..., 1, m)``); and m_j/sqrt(fac_j) for the first
+    min(#momenta, #factored) pairs. And their normalisers ``rsqrt(1e-5 + mean(f**2))``, shape
+    ``(num_features,)``.
+
+  Why a sample: VeLO normalises each of ~30 features by its RMS over the tensor. Exactly, that is ~30 reductions,
+  each a pass over the tensor, and on CPU they cost several times an Adam step. A normaliser is one scale per
+  tensor; estimated from 4,096 evenly spread entries it is within a few percent, at no per-parameter cost.
   """
   shape = grad.shape
   p = param.astype(jnp.float32)
-  inv_v = 1.0 / (rms + RMS_EPS)
-  rsqrt_v = jax.lax.rsqrt(rms + RMS_EPS)
-  moms = [momenta[i] for i in range(momenta.shape[0])]
-  clipped = jnp.clip(grad, -0.1, 0.1)
-  feats = [grad, clipped, p, *moms, rms, *(m * rsqrt_v for m in moms), rsqrt_v, grad * rsqrt_v]
-  # Mean squares from the state arrays directly (see features.feature_scales: XLA then reduces without writing the
-  # feature out).
-  squares = [jnp.mean(jnp.square(grad)), jnp.mean(jnp.square(clipped)), jnp.mean(jnp.square(p)),
-             *(jnp.mean(jnp.square(m)) for m in moms), jnp.mean(jnp.square(rms)),
-             *(jnp.mean((m * inv_v) * m) for m in moms), jnp.mean(inv_v), jnp.mean((grad * inv_v) * grad)]
-  factored = features.is_factored(shape)
   num_factored = rows.shape[0]
-  fac_rsqrt = [features.factored_rsqrt(rows[j], cols[j], shape, eps=1e-9) for j in range(num_factored)]
-  fac_sq = [jnp.square(f) for f in fac_rsqrt]
-  feats += [grad * f for f in fac_rsqrt]
-  squares += [jnp.mean(jnp.square(grad) * f) for f in fac_sq]
-  if factored:
-    # Row statistics broadcast along the last axis, column statistics along the second last.
-    row_b = [jnp.broadcast_to(rows[j][..., None], shape) for j in range(num_factored)]
-    col_b = [jnp.broadcast_to(cols[j][..., None, :], shape) for j in range(num_factored)]
-    row_v, col_v = [rows[j] for j in range(num_factored)], [cols[j] for j in range(num_factored)]
+  fac = [_factored_rsqrt_factors(rows[j], cols[j], shape) for j in range(num_factored)]
+  if features.is_factored(shape):
+    # Row statistics vary along all but the last axis, column statistics along all but the second last. They are
+    # kept at their broadcastable shapes: the caller's first layer combines them on the small arrays and
+    # broadcasts once, instead of computing per parameter what is constant along an axis.
+    row_b = [rows[j][..., None] for j in range(num_factored)]
+    col_b = [cols[j][..., None, :] for j in range(num_factored)]
   else:
     row_b = col_b = [rows[j] for j in range(num_factored)]
-    row_v = col_v = row_b
-  # A broadcast statistic's mean square over the tensor is its own mean square: computed on the small vectors.
-  feats += row_b + col_b
-  squares += [jnp.mean(jnp.square(r)) for r in row_v] + [jnp.mean(jnp.square(c)) for c in col_v]
-  feats += [jax.lax.rsqrt(r + 1e-8) for r in row_b] + [jax.lax.rsqrt(c + 1e-8) for c in col_b]
-  squares += [jnp.mean(1.0 / (r + 1e-8)) for r in row_v] + [jnp.mean(1.0 / (c + 1e-8)) for c in col_v]
-  pairs = min(len(moms), num_factored)
-  feats += [moms[j] * fac_rsqrt[j] for j in range(pairs)]
-  squares += [jnp.mean((jnp.square(moms[j]) * fac_sq[j])) for j in range(pairs)]
-  normalisers = jax.lax.rsqrt(jnp.stack(squares) + NORMALISER_EPS)
-  return feats, normalisers
+  # Computed once on the small arrays (see lstm_hyper._first_layer: fused, XLA recomputes them per entry).
+  fac, row_b, col_b = jax.lax.optimization_barrier((fac, row_b, col_b))
+  feats = _feature_list(p, grad, list(momenta), rms, fac, row_b, col_b)
+  indices = sample_indices(shape, sample_size)
+  pick = lambda x: take_sample(x, shape, indices)
+  sampled = _feature_list(pick(p), pick(grad), [pick(m) for m in momenta], pick(rms),
+                          [(pick(a), pick(b)) for a, b in fac], [pick(r) for r in row_b], [pick(c) for c in col_b])
+  # Each feature broadcast to the sampled positions (or the tensor) before squaring, so a row statistic counts once
+  # per entry, as in the tensor.
+  target = sampled[0].shape
+  mean_squares = jnp.stack([jnp.mean(jnp.square(jnp.broadcast_to(f, target))) for f in sampled])
+  return feats, jax.lax.rsqrt(mean_squares + NORMALISER_EPS)
