@@ -144,8 +144,8 @@ def adam_feature_index(num_momenta: int) -> int:
 
 
 def sample_indices(shape: Sequence[int], sample_size: int = SAMPLE_SIZE) -> np.ndarray | None:
-  """Flat indices of a fixed, evenly strided subsample of a tensor of ``shape``, or ``None`` (use every entry) for
-  tensors of at most ``sample_size`` entries.
+  """Flat indices of a fixed, evenly strided subsample (at most ``sample_size``, at least about half as many
+  entries) of a tensor of ``shape``, or ``None`` (use every entry) for tensors of at most ``sample_size`` entries.
 
   The stride is coprime to the last axis, so the sample visits every column (and every row of a tall matrix) as
   evenly as a sample of that size can: statistics of row- or column-structured features are not aliased.
