@@ -224,7 +224,8 @@ def lstm_hyper(*, preset: str = "small", lstm_hidden: int | None = None, num_wei
         updates.append((-scale * d * features.bounded_exp(magnitude_scale * mag)).astype(p.dtype))
       unflat = treedef.unflatten
       new_state = LSTMHyperState(
-          count=state.count + 1, momenta=tuple(unflat([x[1][k] for x in moments]) for k in range(num_momenta)), rms=unflat([x[2] for x in moments]),
+          count=state.count + 1, momenta=tuple(unflat([x[1][k] for x in moments]) for k in range(num_momenta)),
+          rms=unflat([x[2] for x in moments]),
           rows=unflat([x[3] for x in moments]), cols=unflat([x[4] for x in moments]), lstm_h=unflat(list(h)),
           lstm_c=unflat(list(c)), loss=loss_buffer)
       return unflat(updates), new_state

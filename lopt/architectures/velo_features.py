@@ -109,7 +109,8 @@ def tensor_inputs(param: jax.Array, momenta: Sequence[jax.Array], rms: jax.Array
                   sample_size: int = SAMPLE_SIZE) -> jax.Array:
   """One tensor's statistics for the LSTM: per momentum its log-variance, the second moment's log-mean and
   log-variance, all after dividing by the parameter RMS (so they are relative to the parameter's scale), and the
-  rank one-hot. Tensors larger than ``sample_size`` are summarised from a fixed sample (``sample_indices``). ``momenta``: one array per decay.
+  rank one-hot. Tensors larger than ``sample_size`` are summarised from a fixed sample (``sample_indices``).
+  ``momenta``: one array per decay.
   """
   # Statistics of large tensors on the same fixed sample as ``parameter_features``'s normalisers.
   indices = sample_indices(param.shape, sample_size)
