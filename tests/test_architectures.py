@@ -150,3 +150,53 @@ def test_ff_is_invariant_to_the_gradient_scale():
   large = _ff_updates(arch, _random_grads(params, 3, scale=1e3), params)
   for a, b in zip(jax.tree.leaves(small), jax.tree.leaves(large)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-9)
+
+
+# --- lstm_hyper (VeLO) ------------------------------------------------------------------------------------------
+
+
+def test_lstm_hyper_sampled_normalisers_match_exact_ones():
+  # A 300x200 matrix is summarised from a 4,096-entry strided sample; every normaliser must stay within 10% of the
+  # exact per-tensor value (sample_size larger than the tensor computes it exactly).
+  from lopt.architectures import velo_features
+  keys = jax.random.split(jax.random.key(5), 4)
+  shape = (300, 200)
+  g = jax.random.normal(keys[0], shape) * jnp.linspace(0.1, 3.0, shape[1])  # column-structured scale
+  p = jax.random.normal(keys[1], shape)
+  moms = [0.5 * g + 0.1 * jax.random.normal(k, shape) for k in jax.random.split(keys[2], 3)]
+  v = jnp.square(g) + 0.01
+  rows = jnp.stack([jnp.mean(v, axis=-1)] * 3)
+  cols = jnp.stack([jnp.mean(v, axis=-2)] * 3)
+  feats, sampled = velo_features.parameter_features(p, g, moms, v, rows, cols)
+  _, exact = velo_features.parameter_features(p, g, moms, v, rows, cols, sample_size=10**9)
+  assert len(feats) == velo_features.num_parameter_features(3, 3) == sampled.shape[0]
+  np.testing.assert_allclose(np.asarray(sampled), np.asarray(exact), rtol=0.1)
+  assert velo_features.SAMPLE_SIZE // 2 <= velo_features.sample_indices((300, 200)).size <= velo_features.SAMPLE_SIZE
+  assert velo_features.sample_indices((60, 60)) is None
+
+
+def test_lstm_hyper_global_context_couples_tensors():
+  # VeLO's global context: changing one tensor's gradient changes another tensor's update (through the max-pooled
+  # projection of every tensor's LSTM input). Heads are made non-negligible so the effect is measurable.
+  from lopt.architectures import lstm_hyper as lstm_hyper_lib
+  arch = lstm_hyper_lib.lstm_hyper(output_init_scale=0.3)
+  theta = arch.init(jax.random.key(1))
+  params = {"a": jnp.ones((4, 3)), "b": jnp.linspace(-1.0, 1.0, 5)}
+  tx = arch.optimizer(theta, num_steps=NUM_STEPS)
+  grads = {"a": 0.1 * jnp.ones((4, 3)), "b": jnp.linspace(0.5, -0.5, 5)}
+  base, _ = tx.update(grads, tx.init(params), params, loss=jnp.float32(1.0))
+  changed, _ = tx.update({**grads, "a": 100.0 * grads["a"]}, tx.init(params), params, loss=jnp.float32(1.0))
+  assert float(jnp.max(jnp.abs(base["b"] - changed["b"]))) > 1e-6
+
+
+def test_lstm_hyper_presets_and_argument_errors():
+  from lopt.arguments import ArgumentError
+  from lopt.architectures import lstm_hyper as lstm_hyper_lib
+  small = lstm_hyper_lib.lstm_hyper().num_meta_parameters()
+  wider = lstm_hyper_lib.lstm_hyper(num_weight_sets=16).num_meta_parameters()
+  assert wider > small
+  for kwargs, name in (({"preset": "huge"}, "preset"), ({"num_weight_sets": 0}, "num_weight_sets"),
+                       ({"mlp_hidden": 1}, "mlp_hidden"), ({"momentum_decays": (0.9, 1.0)}, "momentum_decays"),
+                       ({"initial_step": 0.0}, "initial_step"), ({"lstm_hidden": 8.0}, "lstm_hidden")):
+    with pytest.raises(ArgumentError, match=f"architectures.lstm_hyper.{name}"):
+      lstm_hyper_lib.lstm_hyper(**kwargs)
