@@ -1,10 +1,10 @@
-"""The per-tensor half shared by the hierarchical designs, ``per_tensor`` and ``lstm_hyper``.
+"""The per-tensor half of the hierarchical ``per_tensor`` design (Metz et al. 2020).
 
-Both keep, per tensor, momenta at a few decays, Adafactor-style row/column second moments and an LSTM state. Each
+It keeps, per tensor, momenta at a few decays, Adafactor-style row/column second moments and an LSTM state. Each
 step they first update the moments and summarise every tensor (statistics and shape) for one batched LSTM step
 over all tensors; then, per parameter, a small MLP reads compact inputs and corrects a nominal step (bias-corrected
-first momentum over the factored RMS). What differs between them, how the LSTM's output shapes that MLP, stays in
-each design's module.
+first momentum over the factored RMS). ``lstm_hyper`` (VeLO) has its own features and step in
+``velo_features.py``.
 """
 
 from __future__ import annotations
