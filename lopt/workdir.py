@@ -5,6 +5,7 @@ optimizers from it, evaluation writes its reports there, sweeps mark finished co
 else asks a ``Workdir`` for a path instead of spelling a file name.
 
     <root>/config.gin            operative gin config of the run (written once the config is checked)
+    <root>/lock                  held by the process writing the run (pid, host; ``lopt.locks``)
     <root>/metrics.jsonl         one JSON object per logged step
     <root>/checkpoints/          checkpoint_<step>.msgpack + checksum sidecar checkpoint_<step>.json
     <root>/final_evaluation.json the held-out comparison at the end of meta-training
@@ -20,6 +21,7 @@ import dataclasses
 import os
 
 CONFIG = "config.gin"
+LOCK = "lock"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 FINAL_EVALUATION = "final_evaluation.json"
@@ -45,6 +47,10 @@ class Workdir:
   @property
   def config(self) -> str:
     return self._path(CONFIG)
+
+  @property
+  def lock(self) -> str:
+    return self._path(LOCK)
 
   @property
   def metrics(self) -> str:
