@@ -7,6 +7,7 @@ else asks a ``Workdir`` for a path instead of spelling a file name.
     <root>/config.gin            operative gin config of the run (written once the config is checked)
     <root>/lock                  held by the process writing the run (pid, host; ``lopt.locks``)
     <root>/metrics.jsonl         one JSON object per logged step
+    <root>/meta_train.log        the log of every ``meta_train_in_workdir`` call, with its full gin config
     <root>/checkpoints/          checkpoint_<step>.msgpack + checksum sidecar checkpoint_<step>.json
     <root>/final_evaluation.json the held-out comparison at the end of meta-training
     <root>/evaluation/           reports of ``experiments/evaluate.py``: evaluation.json, evaluation.md, curves_*.png
@@ -23,6 +24,7 @@ import os
 CONFIG = "config.gin"
 LOCK = "lock"
 METRICS = "metrics.jsonl"
+LOG = "meta_train.log"
 CHECKPOINTS = "checkpoints"
 FINAL_EVALUATION = "final_evaluation.json"
 EVALUATION = "evaluation"
@@ -55,6 +57,10 @@ class Workdir:
   @property
   def metrics(self) -> str:
     return self._path(METRICS)
+
+  @property
+  def log(self) -> str:
+    return self._path(LOG)
 
   @property
   def checkpoints(self) -> str:
