@@ -299,3 +299,18 @@ def test_console_shows_one_line_for_the_gin_config(caplog):
   with caplog.at_level(logging.INFO):
     writers.ConsoleWriter().write_hparams({"gin_config": "a.b = 1\nc.d = 2\ne.f = 3\n"})
   assert caplog.text.count("\n") == 1 and "3 lines" in caplog.text
+
+
+def test_the_cli_reports_refusals_in_one_line(run_copy):
+  from meta_train_cli import SCRIPT  # pylint: disable=import-outside-toplevel
+  os.remove(os.path.join(run_copy, "checkpoints", "checkpoint_00000004.json"))
+  command = [sys.executable, SCRIPT, f"--workdir={run_copy}", "--wandb_mode=disabled",
+             *[f"--gin_bindings={b}" for b in TINY_RUN_BINDINGS + PES + ["meta_train.num_outer_steps = 6"]]]
+  proc = subprocess.run(command + ["--gin_bindings=architectures.ff.hidden_sizes = (4,)"], capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "error: " in proc.stderr and "architectures.ff.hidden_sizes: (8,) in the run's config, (4,) now" in proc.stderr
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "error: Cannot verify the checkpoint(s) checkpoint_00000004.msgpack" in proc.stderr
+  assert "trust_unverified_checkpoints" in proc.stderr
