@@ -222,12 +222,13 @@ def test_a_config_change_of_the_state_is_refused_and_config_gin_kept(run_copy, c
   assert config_path.read_bytes() == recorded
   assert gin.config_str() == ""
   # Changes that leave the state's meaning alone are allowed, and config.gin then records them.
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.INFO)  # what experiments/meta_train.py runs at
+  absl_logger = absl_logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(logging.INFO)  # what experiments/meta_train.py runs at
   try:
     result = _in_workdir(tmp_path, 6, ["meta_train.log_every = 2", "meta_train.checkpoint_every = 4"])
   finally:
-    absl_logging.set_verbosity(verbosity)
+    absl_logger.setLevel(level)  # not set_verbosity: that would leave an explicit WARNING level behind
   assert result.step == 6 and "meta_train.num_outer_steps = 6" in config_path.read_text()
   log = (tmp_path / "meta_train.log").read_text()
   assert log.count("gin config:") == 2 and "hidden_sizes = (8,)" in log and "step 6 |" in log
