@@ -13,8 +13,10 @@ import lopt
 from lopt import runs, writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "meta_train workdir of the learned optimizer (config.gin, checkpoints)")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the newest that verifies.",
-                             lower_bound=0)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the newest that verifies (a "
+                             "truncated or corrupt newer one is skipped, and the output says so).", lower_bound=0)
+_TRUST = flags.DEFINE_bool("trust_unverified_checkpoint", False, "Evaluate a checkpoint whose checksum sidecar "
+                           "(checkpoint_<step>.json) is missing instead of refusing it.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory; default <workdir>/evaluation.")
 _SUITE = flags.DEFINE_enum("suite", "default", lopt.registry.names("eval_suite"), "Evaluation suite (registry kind "
                            "eval_suite, lopt/evaluation/suites.py).")
@@ -41,7 +43,8 @@ def main(argv):
                           baselines=_BASELINES.value, num_steps=_NUM_STEPS.value, num_seeds=_NUM_SEEDS.value,
                           seed=_SEED.value, baseline_steps_factor=_FACTOR.value, eval_every=_EVAL_EVERY.value,
                           fast_compile=_FAST_COMPILE.value, wandb_mode=_WANDB_MODE.value,
-                          tensorboard=_TENSORBOARD.value, printer=lambda line: print(line, flush=True))
+                          tensorboard=_TENSORBOARD.value, trust_unverified=_TRUST.value,
+                          printer=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,17 @@
 
 A checkpoint of step N is ``checkpoint_{N:08d}.msgpack`` plus a sidecar ``checkpoint_{N:08d}.json`` holding the
 step and the sha256 of the msgpack bytes. Both are written atomically (temporary file in the same directory, fsync,
-``os.replace``), the sidecar last, so a checkpoint is complete exactly when its sidecar exists. ``restore`` takes
-the newest checkpoint whose checksum verifies and falls back to older ones, with a warning, when the newest is
-corrupt or incomplete.
+``os.replace``), the sidecar *first*: a write cut short leaves at most a sidecar without its msgpack (an incomplete
+write, removed by ``remove_temporary_files``), never a msgpack without its sidecar. A msgpack without a sidecar is
+therefore *unverifiable* (e.g. a copy of the directory without its ``.json`` files): ``restore`` refuses it with an
+``UnverifiedCheckpointError`` naming the files, unless ``trust_unverified=True``, and ``save`` never deletes it while
+no newer verified checkpoint exists. ``restore`` takes the newest checkpoint whose checksum verifies and falls back to
+older ones, with a warning, when the newest is corrupt (its checksum does not match).
+
+No checkpoint is deleted unless a newer verified one exists: ``save`` prunes only checkpoints older than the newest
+``keep`` verified ones, and moves checkpoints later than the saved step (an abandoned continuation) into
+``abandoned/`` instead of deleting them. A failed write (disk full, read-only) raises ``CheckpointWriteError`` and
+leaves every earlier checkpoint as it was.
 
 State is any pytree that ``flax.serialization`` handles (dicts, lists, NamedTuples such as optax states, flax
 structs) with array or python-scalar leaves. It is restored against a *target* of the same structure (the freshly
@@ -35,8 +43,24 @@ from lopt.types import PyTree
 _CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.msgpack$")
 
 
+ABANDONED = "abandoned"  # subdirectory for checkpoints of an abandoned continuation (never deleted automatically)
+_TMP_PREFIX = ".tmp_"
+
+
 class CheckpointError(ValueError):
   """A checkpoint cannot be restored (missing, corrupt, or not matching the target)."""
+
+
+class UnverifiedCheckpointError(CheckpointError):
+  """Checkpoints without a checksum sidecar stand where a restore would use or skip them; ``paths`` names them."""
+
+  def __init__(self, message: str, paths: list[str]):
+    super().__init__(message)
+    self.paths = paths
+
+
+class CheckpointWriteError(OSError):
+  """Writing a checkpoint failed (disk full, read-only, ...); the earlier checkpoints are intact."""
 
 
 def checkpoint_path(directory: str, step: int) -> str:
@@ -80,7 +104,7 @@ def _fsync_dir(directory: str) -> None:
 def _atomic_write(path: str, data: bytes) -> None:
   """Writes ``data`` to ``path`` so readers see either the old file or the whole new one."""
   directory = os.path.dirname(path) or "."
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
+  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX, suffix=os.path.basename(path))
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -95,7 +119,7 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def _steps_on_disk(directory: str) -> list[int]:
-  """Steps that have a msgpack file (complete or not), ascending."""
+  """Steps that have a msgpack file (verifiable or not), ascending."""
   if not os.path.isdir(directory):
     return []
   steps = []
@@ -104,6 +128,37 @@ def _steps_on_disk(directory: str) -> list[int]:
     if match:
       steps.append(int(match.group(1)))
   return sorted(steps)
+
+
+def steps_on_disk(directory: str) -> list[int]:
+  """Every step with a checkpoint file in ``directory``, verifiable or not, ascending (checksums not read)."""
+  return _steps_on_disk(directory)
+
+
+def unverified_steps(directory: str) -> list[int]:
+  """Steps whose msgpack has no checksum sidecar, ascending: they cannot be verified."""
+  return [s for s in _steps_on_disk(directory) if not os.path.exists(_sidecar_path(directory, s))]
+
+
+def remove_temporary_files(directory: str) -> list[str]:
+  """Removes what an interrupted ``save`` left in ``directory``: temporary files and sidecars without a msgpack.
+
+  Call it only while no other process writes there (``lopt.locks``). Returns the removed paths.
+  """
+  if not os.path.isdir(directory):
+    return []
+  removed = []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    orphan = re.match(r"^checkpoint_(\d+)\.json$", name)
+    if name.startswith(_TMP_PREFIX) or (orphan and not os.path.exists(checkpoint_path(directory,
+                                                                                      int(orphan.group(1))))):
+      if os.path.isfile(path):
+        os.remove(path)
+        removed.append(path)
+  if removed:
+    logging.info("Removed %d file(s) left by an interrupted checkpoint write: %s", len(removed), removed)
+  return removed
 
 
 def _check_no_typed_keys(state: PyTree) -> None:
@@ -120,12 +175,51 @@ def _remove(step: int, directory: str) -> None:
       os.remove(path)
 
 
+def _move_aside(step: int, directory: str) -> None:
+  """Moves checkpoint ``step`` (and its sidecar) into ``<directory>/abandoned/``."""
+  target = os.path.join(directory, ABANDONED)
+  os.makedirs(target, exist_ok=True)
+  for path in (checkpoint_path(directory, step), _sidecar_path(directory, step)):
+    if os.path.exists(path):
+      os.replace(path, os.path.join(target, os.path.basename(path)))
+
+
+def _write_checkpoint(directory: str, step: int, data: bytes) -> str:
+  """Writes sidecar then msgpack of ``step``; on failure restores the previous sidecar and raises."""
+  path, sidecar_path = checkpoint_path(directory, step), _sidecar_path(directory, step)
+  previous_sidecar = None
+  if os.path.exists(sidecar_path):
+    with open(sidecar_path, "rb") as f:
+      previous_sidecar = f.read()
+  sidecar = {"step": step, "sha256": hashlib.sha256(data).hexdigest(), "num_bytes": len(data)}
+  try:
+    _atomic_write(sidecar_path, json.dumps(sidecar).encode("utf-8"))
+    _atomic_write(path, data)
+    if os.path.getsize(path) != len(data):
+      raise OSError(f"{path} holds {os.path.getsize(path)} bytes after writing {len(data)}")
+  except OSError as e:
+    try:  # leave the step as it was: its old sidecar (if any) describes its old msgpack
+      if previous_sidecar is not None:
+        _atomic_write(sidecar_path, previous_sidecar)
+      elif os.path.exists(sidecar_path) and not os.path.exists(path):
+        os.remove(sidecar_path)
+    except OSError:
+      pass
+    intact = latest_step(directory)
+    kept = (f"the newest intact checkpoint is step {intact}" if intact is not None
+            else "there is no earlier checkpoint")
+    raise CheckpointWriteError(f"Could not write the checkpoint of step {step} to {directory}: {e}. Nothing was "
+                               f"deleted; {kept}.") from e
+  return path
+
+
 def save(directory: str, step: int, state: PyTree, *, keep: int = 3) -> str:
   """Writes the checkpoint of ``step`` and prunes old ones.
 
   Checkpoints of steps later than ``step`` belong to an abandoned continuation (the run was resumed from an
-  earlier checkpoint) and are deleted, so that "newest" always means "last written"; of the rest, only the
-  newest ``keep`` are kept.
+  earlier checkpoint) and are moved into ``<directory>/abandoned/``, so that "newest" always means "last written";
+  of the rest, checkpoints older than the newest ``keep`` verified ones are deleted (none while there are fewer).
+  Nothing else is deleted: an unverifiable checkpoint newer than those stays.
 
   Args:
     directory: the checkpoint directory; created if missing.
@@ -135,6 +229,9 @@ def save(directory: str, step: int, state: PyTree, *, keep: int = 3) -> str:
 
   Returns:
     The path of the msgpack file.
+
+  Raises:
+    CheckpointWriteError: when the write fails; earlier checkpoints are left as they were.
   """
   if keep < 1:
     raise ValueError(f"keep must be >= 1, got {keep}.")
@@ -142,22 +239,25 @@ def save(directory: str, step: int, state: PyTree, *, keep: int = 3) -> str:
     raise ValueError(f"step must be >= 0, got {step}.")
   step = int(step)
   _check_no_typed_keys(state)
-  os.makedirs(directory, exist_ok=True)
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    raise CheckpointWriteError(f"Could not create the checkpoint directory {directory}: {e}.") from e
   data = serialization.to_bytes(state)
-  path = checkpoint_path(directory, step)
-  _atomic_write(path, data)
-  sidecar = {"step": step, "sha256": hashlib.sha256(data).hexdigest(), "num_bytes": len(data)}
-  _atomic_write(_sidecar_path(directory, step), json.dumps(sidecar).encode("utf-8"))
+  path = _write_checkpoint(directory, step, data)
 
   steps = _steps_on_disk(directory)
   abandoned = [s for s in steps if s > step]
   if abandoned:
-    logging.warning("Deleting checkpoints of steps %s in %s: they are later than the newly saved step %d.",
-                    abandoned, directory, step)
-  kept = [s for s in steps if s <= step][-keep:]
-  for old_step in steps:
-    if old_step not in kept:
-      _remove(old_step, directory)
+    logging.warning("Moving checkpoints of steps %s in %s to %s/: they are later than the newly saved step %d "
+                    "(an abandoned continuation). Nothing is deleted.", abandoned, directory, ABANDONED, step)
+    for later in abandoned:
+      _move_aside(later, directory)
+  verified = [s for s in steps if s <= step and os.path.exists(_sidecar_path(directory, s))]
+  if len(verified) >= keep:  # delete only what ``keep`` newer verified checkpoints stand in front of
+    for old_step in steps:
+      if old_step < verified[-keep]:
+        _remove(old_step, directory)
   return path
 
 
@@ -207,7 +307,23 @@ def _fit_to_target(path: str, target: PyTree, raw: PyTree) -> PyTree:
   return jax.tree_util.tree_map_with_path(fit, target, restored)
 
 
-def _read_newest(directory: str, step: int | None) -> tuple[PyTree, int, str]:
+def _unverified_message(directory: str, steps: list[int]) -> str:
+  names = ", ".join(os.path.basename(checkpoint_path(directory, s)) for s in steps)
+  return (f"Cannot verify the checkpoint(s) {names} in {directory}: their checksum sidecars "
+          f"(checkpoint_<step>.json) are missing, e.g. the directory was copied without its .json files. Nothing "
+          f"was deleted or skipped.")
+
+
+def _read_unverified(directory: str, step: int) -> bytes:
+  path = checkpoint_path(directory, step)
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise CheckpointError(f"Cannot read checkpoint {path}: {e}") from e
+
+
+def _read_newest(directory: str, step: int | None, trust_unverified: bool = False) -> tuple[PyTree, int, str]:
   """The raw state dict of ``step`` (or of the newest checkpoint that verifies), its step and its path."""
   available = _steps_on_disk(directory)
   if step is not None:
@@ -218,37 +334,52 @@ def _read_newest(directory: str, step: int | None) -> tuple[PyTree, int, str]:
     candidates = available[::-1]
   if not candidates:
     raise CheckpointError(f"No checkpoints in {directory}.")
+  unverified = set(unverified_steps(directory))
   tried = []
   for candidate in candidates:
     path = checkpoint_path(directory, candidate)
+    if candidate in unverified and not trust_unverified:
+      # Skipping it would resume from an older state (or start afresh) and later delete it: refuse instead.
+      steps = sorted(unverified)
+      raise UnverifiedCheckpointError(_unverified_message(directory, steps),
+                                      [checkpoint_path(directory, s) for s in steps])
     try:
-      return serialization.msgpack_restore(_read_verified(directory, candidate)), candidate, path
+      if candidate in unverified:
+        logging.warning("Restoring %s without verifying it: its checksum sidecar is missing (trusted).", path)
+        data = _read_unverified(directory, candidate)
+      else:
+        data = _read_verified(directory, candidate)
+      return serialization.msgpack_restore(data), candidate, path
     except Exception as e:  # pylint: disable=broad-except  # msgpack raises several unrelated types.
       logging.warning("Skipping checkpoint %s: %s", path, e)
       tried.append(f"{path} ({e})")
   raise CheckpointError(f"No checkpoint in {directory} could be restored; tried: {'; '.join(tried)}.")
 
 
-def restore(directory: str, target: PyTree, step: int | None = None) -> tuple[PyTree, int]:
+def restore(directory: str, target: PyTree, step: int | None = None, *,
+            trust_unverified: bool = False) -> tuple[PyTree, int]:
   """Restores a checkpoint into the structure of ``target``.
 
   Args:
     directory: the checkpoint directory.
     target: a pytree with the saved structure (arrays or ``jax.ShapeDtypeStruct`` leaves give shapes and dtypes).
-    step: the step to restore; by default the newest one that verifies, falling back to older ones.
+    step: the step to restore; by default the newest one that verifies, falling back to older corrupt ones.
+    trust_unverified: restore checkpoints without a checksum sidecar instead of refusing them.
 
   Returns:
     ``(state, step)``.
 
   Raises:
+    UnverifiedCheckpointError: when a checkpoint without a sidecar would be used or skipped (unless trusted).
     CheckpointError: when no checkpoint can be restored, naming the files tried and why, or when a verified
       checkpoint does not fit ``target``.
   """
-  raw, step, path = _read_newest(directory, step)
+  raw, step, path = _read_newest(directory, step, trust_unverified)
   return _fit_to_target(path, target, raw), step
 
 
-def restore_entry(directory: str, name: str, target: PyTree, step: int | None = None) -> tuple[PyTree, int]:
+def restore_entry(directory: str, name: str, target: PyTree, step: int | None = None, *,
+                  trust_unverified: bool = False) -> tuple[PyTree, int]:
   """Restores one top-level entry of a checkpointed dict (e.g. ``"theta"``) into ``target``'s structure.
 
   The file is read and verified once; the rest of the state (inner task states, outer optimizer) is never fitted,
@@ -257,7 +388,7 @@ def restore_entry(directory: str, name: str, target: PyTree, step: int | None = 
   Raises:
     CheckpointError: as ``restore``, or when the checkpoint has no entry ``name``.
   """
-  raw, step, path = _read_newest(directory, step)
+  raw, step, path = _read_newest(directory, step, trust_unverified)
   if not isinstance(raw, dict) or name not in raw:
     keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
     raise CheckpointError(f"Checkpoint {path} has no '{name}' (it holds {keys}); is it a meta_train checkpoint?")

@@ -5,7 +5,9 @@ optimizers from it, evaluation writes its reports there, sweeps mark finished co
 else asks a ``Workdir`` for a path instead of spelling a file name.
 
     <root>/config.gin            operative gin config of the run (written once the config is checked)
+    <root>/lock                  held by the process writing the run (pid, host; ``lopt.locks``)
     <root>/metrics.jsonl         one JSON object per logged step
+    <root>/meta_train.log        the log of every ``meta_train_in_workdir`` call, with its full gin config
     <root>/checkpoints/          checkpoint_<step>.msgpack + checksum sidecar checkpoint_<step>.json
     <root>/final_evaluation.json the held-out comparison at the end of meta-training
     <root>/evaluation/           reports of ``experiments/evaluate.py``: evaluation.json, evaluation.md, curves_*.png
@@ -20,7 +22,9 @@ import dataclasses
 import os
 
 CONFIG = "config.gin"
+LOCK = "lock"
 METRICS = "metrics.jsonl"
+LOG = "meta_train.log"
 CHECKPOINTS = "checkpoints"
 FINAL_EVALUATION = "final_evaluation.json"
 EVALUATION = "evaluation"
@@ -47,8 +51,16 @@ class Workdir:
     return self._path(CONFIG)
 
   @property
+  def lock(self) -> str:
+    return self._path(LOCK)
+
+  @property
   def metrics(self) -> str:
     return self._path(METRICS)
+
+  @property
+  def log(self) -> str:
+    return self._path(LOG)
 
   @property
   def checkpoints(self) -> str:

@@ -88,8 +88,15 @@ class ConsoleWriter(MetricWriter):
     logging.info("step %d | %s", step, items)
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    # A long value (the 50-line gin config) would bury the metrics: its full text is in the run's config.gin and
+    # log file; the console gets one line.
     for key, value in hparams.items():
-      logging.info("hparam %s:\n%s", key, value)
+      text = str(value)
+      if "\n" in text.strip():
+        logging.info("hparam %s: %d lines (in the run's config.gin and meta_train.log)", key,
+                     len(text.strip().splitlines()))
+      else:
+        logging.info("hparam %s: %s", key, text)
 
   def write_images(self, step: int, images: Mapping[str, Any]) -> None:
     for key, image in _check_images(images).items():

@@ -86,12 +86,93 @@ def test_truncated_newest_falls_back_with_warning(tmp_path, caplog):
   assert "checkpoint_00000002.msgpack" in caplog.text
 
 
-def test_missing_sidecar_counts_as_incomplete(tmp_path):
+def test_missing_sidecar_is_refused_not_skipped(tmp_path):
+  # The sidecar is written first, so a msgpack without one is not an interrupted write: it cannot be verified, and
+  # skipping it would resume from an older state (issue 16: a copy without .json files started over from step 0).
   checkpoints.save(str(tmp_path), 1, _state(1))
   checkpoints.save(str(tmp_path), 2, _state(2))
   os.remove(tmp_path / "checkpoint_00000002.json")
+  assert checkpoints.latest_step(str(tmp_path)) == 1  # the newest *verifiable* one
+  assert checkpoints.unverified_steps(str(tmp_path)) == [2]
+  with pytest.raises(checkpoints.UnverifiedCheckpointError, match="checkpoint_00000002.msgpack") as info:
+    checkpoints.restore(str(tmp_path), _state(0))
+  assert info.value.paths == [checkpoints.checkpoint_path(str(tmp_path), 2)]
+  restored, step = checkpoints.restore(str(tmp_path), _state(0), trust_unverified=True)
+  assert step == 2 and restored["step"] == 2
+  assert checkpoints.restore(str(tmp_path), _state(0), step=1)[1] == 1  # an explicit verified step is fine
+
+
+def test_all_sidecars_missing_names_every_file_and_deletes_nothing(tmp_path):
+  for step in (40, 50, 60):
+    checkpoints.save(str(tmp_path), step, _state(step))
+    os.remove(tmp_path / f"checkpoint_{step:08d}.json")
+  with pytest.raises(checkpoints.UnverifiedCheckpointError) as info:
+    checkpoints.restore(str(tmp_path), _state(0))
+  for step in (40, 50, 60):
+    assert f"checkpoint_{step:08d}.msgpack" in str(info.value)
+  # Saving an earlier step (a fresh start) moves the later ones aside instead of deleting them.
+  checkpoints.save(str(tmp_path), 10, _state(10))
+  assert checkpoints.steps_on_disk(str(tmp_path)) == [10]
+  assert sorted(os.listdir(tmp_path / checkpoints.ABANDONED)) == [f"checkpoint_{s:08d}.msgpack" for s in (40, 50, 60)]
+
+
+def test_unverified_older_than_verified_is_not_an_error_and_pruned_only_behind_newer_verified(tmp_path):
+  checkpoints.save(str(tmp_path), 1, _state(1))
+  os.remove(tmp_path / "checkpoint_00000001.json")
+  checkpoints.save(str(tmp_path), 2, _state(2), keep=2)
+  assert checkpoints.restore(str(tmp_path), _state(0))[1] == 2
+  assert checkpoints.steps_on_disk(str(tmp_path)) == [1, 2]  # one verified newer checkpoint, keep=2: 1 stays
+  checkpoints.save(str(tmp_path), 3, _state(3), keep=2)
+  assert checkpoints.steps_on_disk(str(tmp_path)) == [2, 3]  # two newer verified ones exist now
+
+
+def test_interrupted_write_leftovers_are_removed(tmp_path):
+  checkpoints.save(str(tmp_path), 1, _state(1))
+  # A kill between the sidecar and the msgpack of step 2, and one inside a temporary file.
+  (tmp_path / "checkpoint_00000002.json").write_text('{"step": 2, "sha256": "0", "num_bytes": 1}')
+  (tmp_path / ".tmp_abc_checkpoint_00000003.msgpack").write_bytes(b"partial")
   assert checkpoints.latest_step(str(tmp_path)) == 1
   assert checkpoints.restore(str(tmp_path), _state(0))[1] == 1
+  removed = checkpoints.remove_temporary_files(str(tmp_path))
+  assert sorted(os.path.basename(p) for p in removed) == [".tmp_abc_checkpoint_00000003.msgpack",
+                                                          "checkpoint_00000002.json"]
+  assert sorted(os.listdir(tmp_path)) == ["checkpoint_00000001.json", "checkpoint_00000001.msgpack"]
+
+
+@pytest.mark.parametrize("failing", ["sidecar", "msgpack"])
+def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch, failing):
+  for step in (1, 2):
+    checkpoints.save(str(tmp_path), step, _state(step), keep=2)
+  before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+  real_write = checkpoints._atomic_write
+
+  def full_disk(path, data):
+    if path.endswith(".json" if failing == "sidecar" else ".msgpack"):
+      raise OSError(28, "No space left on device")
+    real_write(path, data)
+
+  monkeypatch.setattr(checkpoints, "_atomic_write", full_disk)
+  with pytest.raises(checkpoints.CheckpointWriteError, match="No space left.*newest intact checkpoint is step 2"):
+    checkpoints.save(str(tmp_path), 3, _state(3), keep=2)
+  assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+  monkeypatch.setattr(checkpoints, "_atomic_write", real_write)
+  assert checkpoints.restore(str(tmp_path), _state(0))[1] == 2
+
+
+def test_failed_rewrite_of_a_step_keeps_its_old_sidecar(tmp_path, monkeypatch):
+  checkpoints.save(str(tmp_path), 1, _state(1))
+  real_write = checkpoints._atomic_write
+
+  def failing_msgpack(path, data):
+    if path.endswith(".msgpack"):
+      raise OSError(30, "Read-only file system")
+    real_write(path, data)
+
+  monkeypatch.setattr(checkpoints, "_atomic_write", failing_msgpack)
+  with pytest.raises(checkpoints.CheckpointWriteError, match="Read-only"):
+    checkpoints.save(str(tmp_path), 1, _state(5))
+  restored, _ = checkpoints.restore(str(tmp_path), _state(0))
+  assert restored["step"] == 1  # the old bytes, still verified by the old sidecar
 
 
 def test_all_corrupt_raises_naming_files(tmp_path):

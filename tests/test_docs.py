@@ -1,8 +1,8 @@
 """The commands the docs quote still run: every flag they pass exists and every config file they name is there.
 
 Commands are collected from README.md, docs/*.md and the header comments of gin_configs/ (where each config says
-how to run it). Each script's defined flags come from its own ``--help`` (absl or argparse), so a renamed or removed flag fails
-here instead of in a reader's shell.
+how to run it). Each script's defined flags come from its own ``--help`` (absl or argparse), so a renamed or removed
+flag fails here instead of in a reader's shell.
 """
 
 import glob

@@ -6,9 +6,13 @@ holds a checkpoint, training continues from it. The task batch is split over the
 axis (``sharding``); theta and the outer optimizer state are replicated. The RNG of step ``i`` is
 ``fold_in(base_key, i)``, so a resumed run draws exactly the keys the uninterrupted run would have.
 
-The body is four named steps: ``_build`` (initial state from the seed), ``_restore`` (from the newest verified
-checkpoint), ``_place`` (mesh, shardings, compiled steps) and ``_loop`` (steps, metrics, evaluations,
-checkpoints); ``meta_train`` checks its arguments and runs them in order.
+The body is four named steps: ``_build`` (initial state from the seed), ``run_safety.restore_state`` (from the
+newest verified checkpoint), ``_place`` (mesh, shardings, compiled steps) and ``_loop`` (steps, metrics, evaluations,
+checkpoints); ``meta_train`` checks its arguments and runs them in order, holding the workdir's lock
+(``lopt.locks``: one writer per workdir). ``run_safety`` holds the rules of docs/reliability.md for a workdir
+(temporary files of a killed write removed, unverifiable checkpoints refused rather than skipped, metrics after the
+restored step dropped, a finished run not evaluated again); ``masking`` handles outer steps whose every task is
+masked.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ import numpy as np
 import optax
 from absl import logging
 
-from lopt import arguments, checkpoints, progress, writers
+from lopt import arguments, checkpoints, locks, progress, writers
 from lopt.architectures.base import LearnedOptimizer
-from lopt.meta_trainers import sharding
+from lopt.meta_trainers import masking, run_safety, sharding
 from lopt.meta_trainers.estimator import GradientEstimator
 from lopt.meta_trainers.objectives import tree_finite
 from lopt.tasks.base import TaskFamily, TaskSampler
@@ -126,7 +130,9 @@ class _Run:
   opt_state: Any = None
   est_states: dict[str, Any] = dataclasses.field(default_factory=dict)
   steps: dict[str, Callable] = dataclasses.field(default_factory=dict)
+  slots: dict[str, int] = dataclasses.field(default_factory=dict)
   start_step: int = 0
+  restored: bool = False
 
   def host_state(self, step: int) -> dict[str, Any]:
     """The checkpointed state, gathered to the host (a collective with several processes)."""
@@ -151,20 +157,6 @@ def _build(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, estimat
   return run, state
 
 
-def _restore(run: _Run, state: PyTree, *, main_process: bool) -> PyTree:
-  """``state`` replaced by the newest verified checkpoint of the workdir, if there is one."""
-  ckpt_dir = run.workdir.checkpoints
-  if checkpoints.latest_step(ckpt_dir) is None:
-    return state
-  state, _ = checkpoints.restore(ckpt_dir, state)
-  logging.info("Resuming from step %d in %s", int(state["step"]), ckpt_dir)
-  if main_process:
-    dropped = writers.truncate_jsonl(run.workdir.metrics, int(state["step"]))
-    if dropped:
-      logging.info("Dropped %d metric records logged after the checkpoint; they are computed again.", dropped)
-  return state
-
-
 def _place(run: _Run, state: PyTree, estimator: GradientEstimator, num_devices: int | None) -> None:
   """Builds the mesh, places the state on it and compiles (lazily) one meta-step per family."""
   task_axes = {name: estimator.task_axes(s) for name, s in state["estimator"].items()}
@@ -178,14 +170,15 @@ def _place(run: _Run, state: PyTree, estimator: GradientEstimator, num_devices: 
   run.est_states = {name: placement.place(state["estimator"][name], est_shardings[name]) for name in run.families}
   run.steps = {name: make_meta_step(estimator, f, run.architecture, run.meta_optimizer, placement,
                                     est_shardings[name]) for name, f in run.families.items()}
+  run.slots = {name: masking.task_slots(state["estimator"][name]) for name in run.families}
   run.start_step = int(state["step"])
 
 
 def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_every: int, checkpoint_every: int,
           keep_checkpoints: int, meta_eval: Callable[..., Mapping[str, float]] | None, meta_eval_every: int,
-          handle_signals: bool, main_process: bool) -> tuple[int, dict[str, float], bool]:
+          handle_signals: bool, main_process: bool, max_fully_masked_steps: int) -> tuple[int, dict[str, float], bool]:
   """Runs the outer steps from ``run.start_step``; returns ``(step reached, last metrics, interrupted)``."""
-  pending: list[Mapping[str, jax.Array]] = []
+  pending = masking.MaskedSteps(run.slots, max_fully_masked_steps)
   last_metrics: dict[str, float] = {}
   tracker = progress.Progress(num_outer_steps - run.start_step, unit="steps")
   done = run.start_step
@@ -193,7 +186,11 @@ def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_
   def save(step: int) -> None:
     host_state = run.host_state(step)  # every process takes part in the gather; process 0 alone writes
     if main_process:
-      path = checkpoints.save(run.workdir.checkpoints, step, host_state, keep=keep_checkpoints)
+      try:
+        path = checkpoints.save(run.workdir.checkpoints, step, host_state, keep=keep_checkpoints)
+      except checkpoints.CheckpointWriteError as e:
+        raise checkpoints.CheckpointWriteError(f"{e} The run stops at step {step}; the same command resumes from "
+                                               "that checkpoint once the directory is writable again.") from e
       logging.info("Wrote checkpoint %s", path)
 
   with _stop_requests(handle_signals) as stop_requested:
@@ -203,16 +200,17 @@ def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_
       key_data = np.asarray(jax.random.key_data(jax.random.fold_in(key, 1)))
       run.theta, run.opt_state, run.est_states[family.name], metrics = run.steps[family.name](
           run.theta, run.opt_state, run.est_states[family.name], key_data)
-      pending.append(metrics)
+      pending.push(step + 1, family.name, metrics)
       done = step + 1
       tracker.advance()
       # With several processes, a signal to any of them stops all of them after the same step.
       stop = sharding.any_process(bool(stop_requested))
-      if done % log_every == 0 or done == num_outer_steps or stop:
-        last_metrics = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
+      if done % log_every == 0 or done == num_outer_steps or stop or pending.error:
+        last_metrics = masking.summarize(pending.take())
         last_metrics.update(steps_per_sec=tracker.rate(), eta_sec=tracker.eta())
         writer.write_scalars(done, last_metrics)
-        pending = []
+      if pending.error:
+        raise pending.error
       # Evaluations are local computations; only process 0 writes their results, so only it runs them.
       if (meta_eval is not None and meta_eval_every and main_process
           and (done % meta_eval_every == 0 or done == num_outer_steps)):
@@ -225,14 +223,19 @@ def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_
         return done, last_metrics, True
       if done % checkpoint_every == 0 and done != num_outer_steps:
         save(done)
-  save(done)
+  if not (run.restored and done == run.start_step):  # a finished run's checkpoint is not written again
+    save(done)
   return done, last_metrics, False
 
 
 def _check_arguments(*, num_outer_steps: int, seed: int, log_every: int, checkpoint_every: int,
                      keep_checkpoints: int, meta_eval: Any, meta_eval_every: int, handle_signals: bool,
-                     num_devices: int | None, wandb_mode: str) -> None:
+                     num_devices: int | None, wandb_mode: str, trust_unverified_checkpoints: bool,
+                     max_fully_masked_steps: int, reevaluate: bool) -> None:
   arguments.integer("meta_train.num_outer_steps", num_outer_steps, minimum=0)
+  arguments.boolean("meta_train.trust_unverified_checkpoints", trust_unverified_checkpoints)
+  arguments.integer("meta_train.max_fully_masked_steps", max_fully_masked_steps, minimum=0)
+  arguments.boolean("meta_train.reevaluate", reevaluate)
   arguments.integer("meta_train.seed", seed, minimum=0)
   arguments.integer("meta_train.log_every", log_every, minimum=1)
   arguments.integer("meta_train.checkpoint_every", checkpoint_every, minimum=1)
@@ -253,7 +256,9 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
                config_text: str | None = None, final_evaluation: Callable[..., Any] | None = None,
                meta_eval: Callable[..., Mapping[str, float]] | None = None, meta_eval_every: int = 0,
                handle_signals: bool = True, num_devices: int | None = None,
-               writer_factory: WriterFactory | None = None) -> MetaTrainResult:
+               writer_factory: WriterFactory | None = None, trust_unverified_checkpoints: bool = False,
+               max_fully_masked_steps: int = 20, reevaluate: bool = False,
+               on_start: Callable[[], None] | None = None) -> MetaTrainResult:
   """Meta-trains ``architecture`` on tasks from ``task_sampler`` with ``estimator``.
 
   Args:
@@ -286,6 +291,14 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
     writer_factory: ``() -> MetricWriter`` called once on process 0 to build the run's writers; default
       ``writers.create_default_writers(workdir, wandb_mode=..., config_text=...)`` (console, JSONL, wandb,
       TensorBoard when installed). Tests pass their own.
+    trust_unverified_checkpoints: resume from checkpoints whose checksum sidecar is missing; by default such a
+      checkpoint is an error naming it (never skipped, never deleted).
+    max_fully_masked_steps: consecutive outer steps with every task masked that stop the run with an error
+      (``masking.FullyMaskedError``); 0 never stops. Such steps are logged without meta_loss and grad_norm.
+    reevaluate: run ``final_evaluation`` again when resuming a run that is already finished and evaluated (its
+      ``final_evaluation.json`` exists); by default that report is read back instead.
+    on_start: called on process 0 once the state is restored (or initialised) and placed, before the first step;
+      ``lopt.runs`` writes the workdir's ``config.gin`` there.
 
   Returns:
     A ``MetaTrainResult``.
@@ -293,36 +306,47 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
   _check_arguments(num_outer_steps=num_outer_steps, seed=seed, log_every=log_every,
                    checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, meta_eval=meta_eval,
                    meta_eval_every=meta_eval_every, handle_signals=handle_signals, num_devices=num_devices,
-                   wandb_mode=wandb_mode)
+                   wandb_mode=wandb_mode, trust_unverified_checkpoints=trust_unverified_checkpoints,
+                   max_fully_masked_steps=max_fully_masked_steps, reevaluate=reevaluate)
   checkpoints.ensure_writable_dir(workdir)
   main_process = sharding.is_main_process()
-  run, state = _build(task_sampler=task_sampler, architecture=architecture, estimator=estimator,
-                      meta_optimizer=optax.with_extra_args_support(meta_optimizer or default_meta_optimizer()),
-                      seed=seed,
-                      workdir=Workdir(workdir))
-  state = _restore(run, state, main_process=main_process)
-  _place(run, state, estimator, num_devices)
-  if not main_process:
-    writer: writers.MetricWriter = writers.NullWriter()
-  elif writer_factory is not None:
-    writer = writer_factory()
-  else:
-    writer = writers.create_default_writers(workdir, wandb_mode=wandb_mode, config_text=config_text)
-  logging.info("Meta-training %s (%d meta-parameters) with %s for %d outer steps from step %d.",
-               architecture.name, architecture.num_meta_parameters(), estimator.name, num_outer_steps,
-               run.start_step)
-  try:
-    done, last_metrics, interrupted = _loop(
-        run, num_outer_steps=num_outer_steps, writer=writer, log_every=log_every, checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints, meta_eval=meta_eval, meta_eval_every=meta_eval_every,
-        handle_signals=handle_signals, main_process=main_process)
-  finally:
-    writer.close()
-  theta = sharding.to_host(run.theta)
-  if interrupted:
-    return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, interrupted=True)
-  evaluation = None
-  if final_evaluation is not None and main_process:
-    evaluation = final_evaluation(theta=theta, init_theta=run.init_theta, architecture=architecture,
-                                  task_sampler=task_sampler, workdir=workdir)
-  return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, evaluation=evaluation)
+  # Only process 0 writes, so only it holds the lock (the others share its workdir on several hosts).
+  with contextlib.ExitStack() as held:
+    if main_process:
+      held.enter_context(locks.hold(Workdir(workdir).lock))
+      run_safety.prepare_workdir(Workdir(workdir))
+    run, state = _build(task_sampler=task_sampler, architecture=architecture, estimator=estimator,
+                        meta_optimizer=optax.with_extra_args_support(meta_optimizer or default_meta_optimizer()),
+                        seed=seed,
+                        workdir=Workdir(workdir))
+    state, run.restored = run_safety.restore_state(run.workdir, state, main_process=main_process,
+                                                 trust_unverified=trust_unverified_checkpoints)
+    _place(run, state, estimator, num_devices)
+    if on_start is not None and main_process:
+      on_start()
+    if not main_process:
+      writer: writers.MetricWriter = writers.NullWriter()
+    elif writer_factory is not None:
+      writer = writer_factory()
+    else:
+      writer = writers.create_default_writers(workdir, wandb_mode=wandb_mode, config_text=config_text)
+    logging.info("Meta-training %s (%d meta-parameters) with %s for %d outer steps from step %d.",
+                 architecture.name, architecture.num_meta_parameters(), estimator.name, num_outer_steps,
+                 run.start_step)
+    try:
+      done, last_metrics, interrupted = _loop(
+          run, num_outer_steps=num_outer_steps, writer=writer, log_every=log_every, checkpoint_every=checkpoint_every,
+          keep_checkpoints=keep_checkpoints, meta_eval=meta_eval, meta_eval_every=meta_eval_every,
+          handle_signals=handle_signals, main_process=main_process, max_fully_masked_steps=max_fully_masked_steps)
+    finally:
+      writer.close()
+    theta = sharding.to_host(run.theta)
+    if interrupted:
+      return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, interrupted=True)
+    evaluation = None
+    if final_evaluation is not None and main_process:
+      evaluation = run_safety.final_evaluation_once(
+          final_evaluation, run.workdir, ran_steps=done > run.start_step, finished_at=run.start_step,
+          reevaluate=reevaluate, theta=theta, init_theta=run.init_theta, architecture=architecture,
+          task_sampler=task_sampler)
+    return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, evaluation=evaluation)

@@ -21,6 +21,26 @@ from lopt.workdir import Workdir
 TENSORBOARD_CHOICES = {"auto": None, "on": True, "off": False}
 
 
+def _load(workdir: str, step: int | None, trust_unverified: bool,
+          printer: Callable[[str], None]) -> trained.TrainedOptimizer:
+  """The workdir's trained optimizer; says which checkpoint step it is and which newer ones were skipped."""
+  try:
+    learned = trained.load(workdir, step=step, trust_unverified=trust_unverified)
+  except checkpoints.UnverifiedCheckpointError as e:
+    verified = checkpoints.latest_step(Workdir(workdir).checkpoints)
+    choice = f"choose a verified step with --step (the newest is {verified})" if verified is not None else ""
+    raise checkpoints.UnverifiedCheckpointError(
+        f"{e} To evaluate it anyway pass --trust_unverified_checkpoint{'; or ' + choice if choice else ''}.",
+        e.paths) from e
+  newer = [s for s in checkpoints.steps_on_disk(Workdir(workdir).checkpoints) if s > learned.step]
+  if step is None and newer:
+    printer(f"Checkpoint step(s) {newer} of {workdir} failed verification (truncated or corrupt; see the warning "
+            f"above): evaluating step {learned.step}, the newest that verifies.")
+  else:
+    printer(f"Evaluating checkpoint step {learned.step} of {workdir}.")
+  return learned
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
   """What ``evaluate_workdir`` produced: the report, the files written and their directory."""
@@ -34,12 +54,14 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
                      suite: str = "default", baselines: Sequence[str] | None = None, num_steps: int = 200,
                      num_seeds: int = 4, seed: int = 0, baseline_steps_factor: int = 2,
                      eval_every: int | None = None, fast_compile: bool = False, wandb_mode: str = "offline",
-                     tensorboard: str = "auto", printer: Callable[[str], None] = print) -> Evaluation:
+                     tensorboard: str = "auto", trust_unverified: bool = False,
+                     printer: Callable[[str], None] = print) -> Evaluation:
   """Scores the trained optimizer of ``workdir`` (or only the baselines) on ``suite``; see the module docstring.
 
   Args:
     workdir: a ``meta_train`` run directory, or None for a baselines-only evaluation (then ``out_dir`` is needed).
-    step: the checkpoint step to evaluate; default the newest that verifies.
+    step: the checkpoint step to evaluate; default the newest that verifies (a truncated or corrupt newer one is
+      skipped, as ``meta_train`` does, and the output says so).
     out_dir: where the report goes; default ``<workdir>/evaluation``.
     suite: a registered ``eval_suite``.
     baselines: names of ``tuned_baselines.default_baselines`` to run; default all.
@@ -51,7 +73,8 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
     fast_compile: faster XLA compiles, slower steps (``training.FAST_COMPILE``).
     wandb_mode: of the evaluation's wandb run.
     tensorboard: ``"auto"`` (when the extra is installed), ``"on"`` or ``"off"``.
-    printer: receives progress lines.
+    trust_unverified: evaluate a checkpoint whose checksum sidecar is missing instead of refusing it.
+    printer: receives progress lines (and which checkpoint step is evaluated, and why when it is not the newest).
 
   Returns:
     An ``Evaluation``.
@@ -60,7 +83,7 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
     raise ValueError("Give a workdir (a meta_train run) and/or an out_dir (for a baselines-only evaluation).")
   if tensorboard not in TENSORBOARD_CHOICES:
     raise ValueError(f"tensorboard must be one of {', '.join(TENSORBOARD_CHOICES)}, got {tensorboard!r}.")
-  learned = trained.load(workdir, step=step) if workdir else None
+  learned = _load(workdir, step, trust_unverified, printer) if workdir else None
   chosen_suite = suites.get_suite(suite)
   chosen_baselines = tuned_baselines.default_baselines(names=baselines)
   out_dir = out_dir or Workdir(workdir).evaluation

@@ -56,12 +56,13 @@ def build_architecture(config_path: str) -> LearnedOptimizer:
       raise config.ConfigError(f"Cannot build the architecture of {config_path}: {e}") from e
 
 
-def load_theta(checkpoint_dir: str, architecture: LearnedOptimizer, *,
-               step: int | None = None) -> tuple[MetaParams, int]:
+def load_theta(checkpoint_dir: str, architecture: LearnedOptimizer, *, step: int | None = None,
+               trust_unverified: bool = False) -> tuple[MetaParams, int]:
   """The theta of a checkpoint (newest verified by default), checked against ``architecture``'s shapes."""
   target = architecture.init(jax.random.key(0))
   try:
-    theta, step = checkpoints.restore_entry(checkpoint_dir, "theta", target, step=step)
+    theta, step = checkpoints.restore_entry(checkpoint_dir, "theta", target, step=step,
+                                            trust_unverified=trust_unverified)
   except checkpoints.CheckpointError as e:
     if "does not match" in str(e) or "has shape" in str(e):
       raise checkpoints.CheckpointError(f"The theta of {checkpoint_dir} does not fit the architecture "
@@ -70,13 +71,14 @@ def load_theta(checkpoint_dir: str, architecture: LearnedOptimizer, *,
   return jax.tree.map(lambda want, got: np.asarray(got, dtype=np.asarray(want).dtype), target, theta), step
 
 
-def load(workdir: str, *, step: int | None = None) -> TrainedOptimizer:
+def load(workdir: str, *, step: int | None = None, trust_unverified: bool = False) -> TrainedOptimizer:
   """Loads the learned optimizer of ``workdir`` (a ``meta_train`` run directory).
 
   Args:
     workdir: holds ``config.gin`` and ``checkpoints/`` (``lopt.workdir``).
     step: the checkpoint step to load; default the newest one whose checksum verifies (a truncated newest
-      checkpoint falls back to the previous one, with a warning naming it).
+      checkpoint falls back to the previous one, with a warning naming it). The checkpoint is read once.
+    trust_unverified: load a checkpoint whose checksum sidecar is missing instead of refusing it.
 
   Returns:
     A ``TrainedOptimizer``.
@@ -88,12 +90,12 @@ def load(workdir: str, *, step: int | None = None) -> TrainedOptimizer:
   layout = Workdir(workdir)
   if not os.path.isfile(layout.config):
     raise FileNotFoundError(f"{layout.config} does not exist; is '{workdir}' a meta_train workdir?")
-  if checkpoints.latest_step(layout.checkpoints) is None:
+  if not checkpoints.steps_on_disk(layout.checkpoints):
     raise FileNotFoundError(f"No complete checkpoint in {layout.checkpoints}; meta-train first (or wait for the "
                             "first one).")
   architecture = build_architecture(layout.config)
   with open(layout.config, encoding="utf-8") as f:
     config_text = f.read()
-  theta, step = load_theta(layout.checkpoints, architecture, step=step)
+  theta, step = load_theta(layout.checkpoints, architecture, step=step, trust_unverified=trust_unverified)
   return TrainedOptimizer(architecture=architecture, theta=theta, step=int(step), workdir=workdir,
                           config_text=config_text)

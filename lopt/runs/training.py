@@ -1,27 +1,54 @@
 """Running the gin-configured ``meta_train`` in a run directory: what ``experiments/meta_train.py`` and sweeps do.
 
-``meta_train_in_workdir`` parses the config on a private copy of gin's state (``lopt.config.isolated``), records it
-as the workdir's ``config.gin`` (the operative config once the run finishes) and calls ``meta_train``.
-``launch`` adds what only a process of its own may do before JAX starts: one CPU device per core and
-``jax.distributed``.
+``meta_train_in_workdir`` parses the config on a private copy of gin's state (``lopt.config.isolated``), holds the
+workdir's lock, refuses a config that changes what the workdir's checkpoints mean (``config_check``), records the
+config as the workdir's ``config.gin`` once ``meta_train`` has restored (or initialised) its state, and after the run
+replaces it by the operative config. The log, headed by the full config, is appended to ``meta_train.log`` (the
+console shows one line for the config). ``launch`` adds what only a process of its own may do before JAX starts: one CPU
+device per core and ``jax.distributed``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import logging as py_logging
+import os
+import time
+from typing import Iterator, Sequence
 
 import gin
 from absl import logging
 
-from lopt import checkpoints, config
+from lopt import checkpoints, config, locks
 from lopt.meta_trainers import sharding
 from lopt.meta_trainers.outer_loop import MetaTrainResult
+from lopt.runs import config_check
 from lopt.workdir import Workdir
 
 
 def _write(path: str, text: str) -> None:
-  with open(path, "w", encoding="utf-8") as f:
+  """Replaces ``path`` atomically: a kill mid-write must not leave a truncated record of the run."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
+  os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _log_file(path: str, config_text: str) -> Iterator[None]:
+  """Appends the run's log (absl's INFO and above) to ``path`` for the block, after the full gin config."""
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} meta_train, gin config:\n{config_text}\n")
+  handler = py_logging.FileHandler(path, encoding="utf-8")
+  handler.setLevel(py_logging.INFO)
+  handler.setFormatter(py_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+  logger = logging.get_absl_logger()
+  logger.addHandler(handler)
+  try:
+    yield
+  finally:
+    logger.removeHandler(handler)
+    handler.close()
 
 
 def meta_train_in_workdir(workdir: str, *, gin_configs: Sequence[str] = (), gin_bindings: Sequence[str] = (),
@@ -41,6 +68,9 @@ def meta_train_in_workdir(workdir: str, *, gin_configs: Sequence[str] = (), gin_
 
   Raises:
     lopt.config.ConfigError: for a missing file, unknown name or malformed binding.
+    lopt.runs.config_check.ConfigMismatchError: when the workdir holds checkpoints of a configuration that differs
+      in a state-defining binding (architecture and its sizes, estimator, tasks, seed).
+    lopt.locks.LockedError: when another process is writing the workdir.
     lopt.arguments.ArgumentError: for a bad value of a plugin or ``meta_train`` argument.
   """
   layout = Workdir(workdir)
@@ -51,11 +81,21 @@ def meta_train_in_workdir(workdir: str, *, gin_configs: Sequence[str] = (), gin_
     checkpoints.ensure_writable_dir(workdir)
     config_text = gin.config_str()
     main_process = sharding.is_main_process()
-    if main_process:
-      _write(layout.config, config_text)
-    result = config.configured("meta_train")(workdir=workdir, wandb_mode=wandb_mode, config_text=config_text)
-    if main_process and not result.interrupted:
-      _write(layout.config, gin.operative_config_str())
+    with contextlib.ExitStack() as held:
+      if main_process:
+        held.enter_context(locks.hold(layout.lock))
+      if checkpoints.steps_on_disk(layout.checkpoints):
+        if os.path.isfile(layout.config):
+          config_check.check_resume(layout.config, config_check.snapshot(), workdir)
+        else:
+          logging.warning("%s has checkpoints but no config.gin: the config cannot be checked against them.", workdir)
+      if main_process:
+        held.enter_context(_log_file(layout.log, config_text))
+      # Written once the state is restored, not before: a refused resume must not overwrite the run's record.
+      result = config.configured("meta_train")(workdir=workdir, wandb_mode=wandb_mode, config_text=config_text,
+                                               on_start=lambda: _write(layout.config, config_text))
+      if main_process and not result.interrupted:
+        _write(layout.config, gin.operative_config_str())
   return result
 
 
