@@ -7,8 +7,8 @@ step size and a per-coordinate momentum: two leaves of four components each, wit
 noise makes the data matter: an antithetic pair whose copies see different batches differs by the noise, not by
 the perturbation, and its estimate drowns.
 
-References are exact, by autodiff through the unroll, on ``REFERENCE_TASKS`` tasks drawn independently of the
-estimator's (the task- and data-sampling error of that average is ~100x below the tolerances used):
+References are exact, by autodiff through the unroll, on the estimator's own tasks (the ones it starts from) with
+independently drawn data (the data-sampling error of that average is ~100x below the tolerances used):
 
 - ``full_horizon_gradient``: the gradient of the mean normalised loss of the whole ``HORIZON``-step episode;
 - ``truncated_gradient``: the mean over the episode's truncations of the gradient of each ``TRUNCATION``-step
@@ -32,7 +32,6 @@ from lopt.tasks import quadratic
 
 DIM, HORIZON, TRUNCATION, NOISE = 4, 20, 5, 0.5
 MOMENTUM_SCALE = 3.0
-REFERENCE_TASKS = 4096
 
 
 def hyper_momentum(learning_rates=(0.02, 0.05, 0.1, 0.2), momenta=(0.8, 0.6, 0.4, 0.2)) -> LearnedOptimizer:
@@ -73,32 +72,27 @@ def theta0():
   return ARCH.init(jax.random.key(0))
 
 
-def _reference_tasks(seed: int) -> unroll_lib.TaskState:
-  keys = jax.random.split(jax.random.key(seed), REFERENCE_TASKS)
-  return unroll_lib.init_tasks(theta0(), keys, jnp.full((REFERENCE_TASKS,), HORIZON, jnp.int32), **KW)
-
-
-def _mean_over_tasks(grad_fn, seed: int):
-  tasks = _reference_tasks(seed)
-  keys = jax.random.split(jax.random.key(seed + 1), REFERENCE_TASKS)
-  grads = jax.jit(jax.vmap(grad_fn, in_axes=(None, 0, 0)))(theta0(), tasks, keys)
+def _mean_over_tasks(grad_fn, start: unroll_lib.TaskState, seed: int):
+  n = start.step.shape[0]
+  keys = jax.random.split(jax.random.key(seed), n)
+  grads = jax.jit(jax.vmap(grad_fn, in_axes=(None, 0, 0)))(theta0(), start, keys)
   return jax.tree.map(lambda g: np.asarray(jnp.mean(g, axis=0), np.float64), grads)
 
 
-@functools.lru_cache(maxsize=None)
-def full_horizon_gradient(seed: int = 1000) -> dict:
-  """Exact gradient of the expected mean normalised loss over a whole episode (``HORIZON`` steps)."""
+def full_horizon_gradient(start: unroll_lib.TaskState, seed: int = 1000) -> dict:
+  """Exact gradient of the mean normalised loss of a whole episode from ``start`` (a batch of tasks at step 0),
+  averaged over the tasks, on data drawn from ``seed`` (independent of the estimator's)."""
 
   def loss(theta, task, key):
     _, losses = unroll_lib.unroll(theta, task, key, HORIZON, **KW)
     return jnp.mean(losses)
 
-  return _mean_over_tasks(jax.grad(loss), seed)
+  return _mean_over_tasks(jax.grad(loss), start, seed)
 
 
-@functools.lru_cache(maxsize=None)
-def truncated_gradient(seed: int = 1000) -> dict:
-  """Mean over an episode's truncations of the exact gradient of each K-step mean loss, incoming state constant."""
+def truncated_gradient(start: unroll_lib.TaskState, seed: int = 1000) -> dict:
+  """Mean over an episode's truncations of the exact gradient of each K-step mean loss with the incoming state held
+  constant (the unperturbed trajectory from ``start``), averaged over the tasks."""
 
   def grad(theta, task, key):
     total = jax.tree.map(jnp.zeros_like, theta)
@@ -108,7 +102,7 @@ def truncated_gradient(seed: int = 1000) -> dict:
       task = jax.lax.stop_gradient(unroll_lib.unroll(theta, task, k, TRUNCATION, **KW)[0])
     return jax.tree.map(lambda g: g / (HORIZON // TRUNCATION), total)
 
-  return _mean_over_tasks(grad, seed)
+  return _mean_over_tasks(grad, start, seed)
 
 
 def leaves(tree) -> dict[str, np.ndarray]:
@@ -130,13 +124,14 @@ def leaf_rel_errors(estimate, exact) -> dict[str, float]:
 
 
 def episode_mean(estimator, seed: int, num_estimates: int | None = None):
-  """Mean of an estimator's estimates over one episode (``HORIZON // TRUNCATION`` estimates by default).
+  """Mean of an estimator's estimates over one episode (``HORIZON // TRUNCATION`` estimates by default), and its
+  initial state.
 
   The estimator must use this harness's horizon and truncation and ``stagger=False`` so that the mean covers
   every truncation of every task's first episode once.
   """
   theta = theta0()
-  state = estimator.init(theta, jax.random.key(seed), **KW)
+  state = init_state = estimator.init(theta, jax.random.key(seed), **KW)
   estimate = jax.jit(lambda th, s, k: estimator.estimate(th, s, k, **KW))
   num_estimates = num_estimates or HORIZON // TRUNCATION
   total = jax.tree.map(jnp.zeros_like, theta)
@@ -144,4 +139,4 @@ def episode_mean(estimator, seed: int, num_estimates: int | None = None):
     grad, state, metrics = estimate(theta, state, jax.random.fold_in(jax.random.key(seed + 1), j))
     assert int(metrics["masked_tasks"]) == 0, metrics
     total = jax.tree.map(jnp.add, total, grad)
-  return jax.tree.map(lambda g: np.asarray(g, np.float64) / num_estimates, total)
+  return jax.tree.map(lambda g: np.asarray(g, np.float64) / num_estimates, total), init_state
