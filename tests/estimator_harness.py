@@ -19,8 +19,6 @@ Estimates and references are compared leaf by leaf (``leaf_cosines``, ``leaf_rel
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,37 +70,41 @@ def theta0():
   return ARCH.init(jax.random.key(0))
 
 
-def _mean_over_tasks(grad_fn, start: unroll_lib.TaskState, seed: int):
-  n = start.step.shape[0]
-  keys = jax.random.split(jax.random.key(seed), n)
-  grads = jax.jit(jax.vmap(grad_fn, in_axes=(None, 0, 0)))(theta0(), start, keys)
+def _full_loss(theta, task, key):
+  _, losses = unroll_lib.unroll(theta, task, key, HORIZON, **KW)
+  return jnp.mean(losses)
+
+
+def _truncated_grad(theta, task, key):
+  total = jax.tree.map(jnp.zeros_like, theta)
+  for k in jax.random.split(key, HORIZON // TRUNCATION):
+    loss = lambda th, t=task, k=k: jnp.mean(unroll_lib.unroll(th, t, k, TRUNCATION, **KW)[1])
+    total = jax.tree.map(jnp.add, total, jax.grad(loss)(theta))
+    task = jax.lax.stop_gradient(unroll_lib.unroll(theta, task, k, TRUNCATION, **KW)[0])
+  return jax.tree.map(lambda g: g / (HORIZON // TRUNCATION), total)
+
+
+# Jitted once per module (and per batch shape), not once per call.
+_PER_TASK = {"full": jax.jit(jax.vmap(jax.grad(_full_loss), in_axes=(None, 0, 0))),
+             "truncated": jax.jit(jax.vmap(_truncated_grad, in_axes=(None, 0, 0)))}
+
+
+def _mean_over_tasks(kind: str, start: unroll_lib.TaskState, seed: int):
+  keys = jax.random.split(jax.random.key(seed), start.step.shape[0])
+  grads = _PER_TASK[kind](theta0(), start, keys)
   return jax.tree.map(lambda g: np.asarray(jnp.mean(g, axis=0), np.float64), grads)
 
 
 def full_horizon_gradient(start: unroll_lib.TaskState, seed: int = 1000) -> dict:
   """Exact gradient of the mean normalised loss of a whole episode from ``start`` (a batch of tasks at step 0),
   averaged over the tasks, on data drawn from ``seed`` (independent of the estimator's)."""
-
-  def loss(theta, task, key):
-    _, losses = unroll_lib.unroll(theta, task, key, HORIZON, **KW)
-    return jnp.mean(losses)
-
-  return _mean_over_tasks(jax.grad(loss), start, seed)
+  return _mean_over_tasks("full", start, seed)
 
 
 def truncated_gradient(start: unroll_lib.TaskState, seed: int = 1000) -> dict:
   """Mean over an episode's truncations of the exact gradient of each K-step mean loss with the incoming state held
   constant (the unperturbed trajectory from ``start``), averaged over the tasks."""
-
-  def grad(theta, task, key):
-    total = jax.tree.map(jnp.zeros_like, theta)
-    for k in jax.random.split(key, HORIZON // TRUNCATION):
-      loss = lambda th, t=task, k=k: jnp.mean(unroll_lib.unroll(th, t, k, TRUNCATION, **KW)[1])
-      total = jax.tree.map(jnp.add, total, jax.grad(loss)(theta))
-      task = jax.lax.stop_gradient(unroll_lib.unroll(theta, task, k, TRUNCATION, **KW)[0])
-    return jax.tree.map(lambda g: g / (HORIZON // TRUNCATION), total)
-
-  return _mean_over_tasks(grad, start, seed)
+  return _mean_over_tasks("truncated", start, seed)
 
 
 def leaves(tree) -> dict[str, np.ndarray]:
