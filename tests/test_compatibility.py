@@ -2,7 +2,9 @@
 
 Each fixture is a 4-step run (quadratic(4), ff 8x8, pes or es with 2 tasks) made by lopt 0.1.0's
 ``experiments/meta_train.py``, with its operative ``config.gin`` and checkpoints of steps 2 and 4; the ``.npz`` files
-hold the theta that 0.1.0 loaded from step 4 and the theta it reached when the run was resumed to step 6.
+hold the theta that 0.1.0 loaded from step 4 and the theta it reached when the run was resumed to step 6. The ES
+estimator state changed layout in 0.2 (one shared state per antithetic pair): an ES run of 0.1 still loads its
+trained optimizer, and resuming it fails with an error that says so and what to do.
 """
 
 import os
@@ -47,3 +49,13 @@ def test_0_1_pes_workdir_resumes_to_the_same_theta(tmp_path):
   got = _flat(result.theta)
   for key, value in expected.items():
     np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_0_1_es_workdir_says_the_es_state_format_changed(tmp_path):
+  # lopt 0.2's truncated ES keeps one shared inner state per pair; 0.1 kept a drifting + and - state.
+  workdir = str(tmp_path / "run")
+  shutil.copytree(os.path.join(FIXTURES, "v0_1_es"), workdir)
+  with pytest.raises(lopt.checkpoints.CheckpointError, match="ES estimator state changed format") as info:
+    lopt.runs.meta_train_in_workdir(workdir, gin_configs=[os.path.join(workdir, "config.gin")],
+                                    gin_bindings=["meta_train.num_outer_steps = 6"], wandb_mode="disabled")
+  assert "new workdir" in str(info.value) and "load_trained" in str(info.value)

@@ -133,8 +133,9 @@ def test_task_axes_of_pes_skip_the_sign_axis_even_when_lengths_coincide():
 
 
 def test_task_axes_of_es_split_slots_of_pairs():
+  # One shared inner state per pair slot: the task axis leads.
   axes, state = _axes_and_state(es.es(num_tasks=2, num_pairs=3))
-  assert {(a, s[a]) for a, s in _pairs(axes, state)} == {(1, 6)}
+  assert {(a, s[a]) for a, s in _pairs(axes, state)} == {(0, 6)}
   assert sharding.task_batch_sizes(state, axes) == [6]
 
 

@@ -1,9 +1,10 @@
 """Antithetic perturbations of theta over persistent truncated unrolls: the core shared by ``pes`` and ``es``.
 
-Each slot keeps two inner states, one trained with theta + eps and one with theta - eps, from the same data. A
-truncation unrolls both K steps and estimates ``direction * (L+ - L-) / (2 std^2)``: with ``direction = eps`` this
+A truncation unrolls two inner states of each slot K steps, one with theta + eps and one with theta - eps, from
+the same data, and estimates ``direction * (L+ - L-) / (2 std^2)``: with ``direction = eps`` this
 is truncated ES (biased towards the truncation, like TBPTT); with ``direction`` the sum of every perturbation
-since the episode began it is PES (unbiased for the full horizon).
+since the episode began it is PES (unbiased for the full horizon). PES keeps both copies across truncations; ES
+starts both from one shared state each truncation (``both_signs``) and keeps the + copy.
 """
 
 from __future__ import annotations
@@ -57,15 +58,25 @@ def tree_normal(key: PRNGKey, tree: MetaParams, std: float, batch: int) -> MetaP
   return jax.tree.unflatten(treedef, noise)
 
 
-def init_pairs(theta: MetaParams, key: PRNGKey, schedule: TruncationSchedule, *, num_tasks: int, copies: int,
+def init_slots(theta: MetaParams, key: PRNGKey, schedule: TruncationSchedule, *, num_tasks: int, copies: int,
                stagger: bool, task_family: TaskFamily, learned_optimizer: LearnedOptimizer) -> unroll_lib.TaskState:
-  """``num_tasks * copies`` slots with leading axes ``(2, slots)``; the copies of a task start identical."""
+  """``num_tasks * copies`` slots with leading axis ``slots``; the copies of a task start identical."""
   task_key, horizon_key = jax.random.split(key)
   keys = jnp.repeat(jax.random.split(task_key, num_tasks), copies, axis=0)
   horizons = jnp.repeat(schedule.sample_first(horizon_key, (num_tasks,), stagger=stagger), copies, axis=0)
-  fresh = unroll_lib.init_tasks(theta, keys, horizons, task_family=task_family,
-                                learned_optimizer=learned_optimizer)
-  return jax.tree.map(lambda x: jnp.stack([x, x]), fresh)
+  return unroll_lib.init_tasks(theta, keys, horizons, task_family=task_family, learned_optimizer=learned_optimizer)
+
+
+def both_signs(slots: unroll_lib.TaskState) -> unroll_lib.TaskState:
+  """The + and - copies of each slot, leading axes ``(2, slots)``, both starting from the slot's state."""
+  return jax.tree.map(lambda x: jnp.stack([x, x]), slots)
+
+
+def init_pairs(theta: MetaParams, key: PRNGKey, schedule: TruncationSchedule, *, num_tasks: int, copies: int,
+               stagger: bool, task_family: TaskFamily, learned_optimizer: LearnedOptimizer) -> unroll_lib.TaskState:
+  """``num_tasks * copies`` slots with leading axes ``(2, slots)``; the copies of a task start identical."""
+  return both_signs(init_slots(theta, key, schedule, num_tasks=num_tasks, copies=copies, stagger=stagger,
+                               task_family=task_family, learned_optimizer=learned_optimizer))
 
 
 def truncation_step(settings: Truncation, perturbation: Perturbation, theta: MetaParams,
@@ -111,7 +122,10 @@ def truncation_step(settings: Truncation, perturbation: Perturbation, theta: Met
 
   # Diverged slots restart at the next truncation.
   inner = inner._replace(step=jnp.where(valid[None], inner.step, inner.horizon))
+  # The spread of L+ - L- over the valid slots: it grows when the pairs' states drift apart (see es.py).
+  diff_mean = objectives.masked_mean(diff, valid)
   metrics = {"meta_loss": objectives.masked_mean(clipped.mean(axis=0), valid),
+             "loss_diff_std": jnp.sqrt(objectives.masked_mean((diff - diff_mean)**2, valid)),
              "masked_tasks": num_slots - jnp.sum(valid),
              "mean_inner_step": jnp.mean(inner.step[0].astype(jnp.float32))}
   return grad, inner, valid, metrics

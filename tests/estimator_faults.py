@@ -1,0 +1,138 @@
+"""Deliberate estimator bugs, injected into a pytest run: ``pytest -p estimator_faults`` with
+``LOPT_ESTIMATOR_FAULT=<name>`` (see ``FAULTS``). ``tests/test_estimator_mutations.py`` runs the fast estimator
+tests once per fault and asserts that every one makes a test fail.
+
+Two kinds of fault:
+
+- output faults wrap a registered factory so that its estimates come out wrong (e.g. every component negated
+  except the last one); the module attribute and the registry entry are both replaced;
+- source faults replace one exact snippet of an estimator module's source (it must occur exactly once) and rebind
+  the module's functions to the mutated copy, so callers that go through the module see the bug.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import types
+
+import jax
+import jax.numpy as jnp
+
+from lopt import registry
+
+ENV = "LOPT_ESTIMATOR_FAULT"
+
+
+def _but_last(fn):
+  """Applies ``fn`` to every component of the flattened gradient except the last one."""
+
+  def apply(grad):
+    flat, unravel = jax.flatten_util.ravel_pytree(grad)
+    return unravel(jnp.concatenate([fn(flat[:-1]), flat[-1:]]))
+
+  return apply
+
+
+# name -> (estimator, condition on the factory's keyword arguments, change of the gradient)
+OUTPUT_FAULTS = {
+    "pes_negated_but_last": ("pes", lambda kw: True, _but_last(jnp.negative)),
+    "pes_zeroed_but_last": ("pes", lambda kw: True, _but_last(jnp.zeros_like)),
+    "es_full_negated_but_last": ("es", lambda kw: kw.get("full_horizon", False), _but_last(jnp.negative)),
+    "es_full_zeroed_but_last": ("es", lambda kw: kw.get("full_horizon", False), _but_last(jnp.zeros_like)),
+    "es_truncated_negated": ("es", lambda kw: not kw.get("full_horizon", False),
+                             lambda g: jax.tree.map(jnp.negative, g)),
+    "tbptt_negated": ("tbptt", lambda kw: True, lambda g: jax.tree.map(jnp.negative, g)),
+    "tbptt_doubled": ("tbptt", lambda kw: True, lambda g: jax.tree.map(lambda x: 2 * x, g)),
+}
+
+# name -> (module, snippet, replacement)
+SOURCE_FAULTS = {
+    # The - copies of PES (and ES) pairs see other data than the + copies.
+    "antithetic_different_data": (
+        "lopt.meta_trainers.antithetic",
+        "jax.vmap(jax.vmap(run), in_axes=(0, 0, None))(thetas, inner, task_keys)",
+        "jax.vmap(jax.vmap(run))(thetas, inner, jnp.stack([task_keys, "
+        "jax.random.split(jax.random.fold_in(key, 7), num_slots)]))"),
+    # Sign: both copies perturbed by +eps.
+    "antithetic_sign": ("lopt.meta_trainers.antithetic", "jnp.stack([t[None] + e, t[None] - e])",
+                        "jnp.stack([t[None] + e, t[None] + e])"),
+    # Scale: the antithetic difference divided by std^2 instead of 2 std^2.
+    "antithetic_scale": ("lopt.meta_trainers.antithetic", "diff / (2.0 * perturbation.std**2)",
+                         "diff / (perturbation.std**2)"),
+    # Reset: PES's accumulator is not zeroed when an episode restarts.
+    "pes_no_reset": ("lopt.meta_trainers.pes", "jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), 0.0, a)",
+                     "a"),
+    # Accumulator: PES multiplies the loss difference by this truncation's eps only (truncated ES).
+    "pes_no_accumulator": ("lopt.meta_trainers.pes", "inner, eps, accumulator,", "inner, eps, eps,"),
+    # Combined ignores its weights.
+    "combined_unweighted": ("lopt.meta_trainers.combined", "sum(w * g for w, g in zip(weights, gs))",
+                            "sum(gs) / len(gs)"),
+}
+
+FAULTS = sorted(OUTPUT_FAULTS) + sorted(SOURCE_FAULTS)
+
+
+def _replace_factory(name: str, module: types.ModuleType, factory) -> None:
+  setattr(module, name, factory)
+  registry._REGISTRY["estimator"][name] = factory  # pylint: disable=protected-access
+
+
+def _apply_output_fault(fault: str) -> None:
+  name, applies, change = OUTPUT_FAULTS[fault]
+  module = importlib.import_module(f"lopt.meta_trainers.{name}")
+  original = getattr(module, name)
+
+  def factory(**kw):
+    estimator = original(**kw)
+    if not applies(kw):
+      return estimator
+    inner = estimator.estimate
+
+    def estimate(*args, **kwargs):
+      grad, state, metrics = inner(*args, **kwargs)
+      return change(grad), state, metrics
+
+    return estimator._replace(estimate=estimate)
+
+  _replace_factory(name, module, factory)
+
+
+def _apply_source_fault(fault: str) -> None:
+  module_name, snippet, replacement = SOURCE_FAULTS[fault]
+  module = importlib.import_module(module_name)
+  source = inspect.getsource(module)
+  if source.count(snippet) != 1:
+    raise RuntimeError(f"fault {fault}: the snippet occurs {source.count(snippet)} times in {module_name}, not once")
+  namespace = {"__name__": module_name, "__file__": module.__file__}  # dataclasses look the module up
+  # The copy registers nothing: registration names must stay unique; the factories are swapped in below.
+  registry_register = registry.register
+  registry.register = lambda kind, name: (lambda f: f)
+  try:
+    exec(compile(source.replace(snippet, replacement), module.__file__, "exec"), namespace)  # pylint: disable=exec-used
+  finally:
+    registry.register = registry_register
+  for attr, value in namespace.items():
+    if inspect.isfunction(value) and getattr(getattr(module, attr, None), "__module__", None) == module_name:
+      if attr in registry._REGISTRY["estimator"]:  # pylint: disable=protected-access
+        _replace_factory(attr, module, value)
+      else:
+        setattr(module, attr, value)
+
+
+def pytest_configure(config):
+  """Applies the fault named by ``LOPT_ESTIMATOR_FAULT`` before any test module is imported."""
+  del config
+  fault = os.environ.get(ENV)
+  if not fault:
+    return
+  import lopt  # pylint: disable=import-outside-toplevel,unused-import  # registers every estimator
+  import jax.flatten_util  # pylint: disable=import-outside-toplevel,unused-import,redefined-outer-name
+  if fault in OUTPUT_FAULTS:
+    _apply_output_fault(fault)
+  elif fault in SOURCE_FAULTS:
+    _apply_source_fault(fault)
+  else:
+    raise RuntimeError(f"Unknown {ENV}={fault!r}; faults: {', '.join(FAULTS)}")
+  print(f"estimator fault applied: {fault}")

@@ -1,0 +1,41 @@
+"""Deliberately broken estimators must fail the fast estimator tests (a check of the tests themselves).
+
+For every fault of ``estimator_faults.FAULTS`` (components negated or zeroed except the last one, + and - copies
+seeing different data, negated or doubled gradients, sign, scale, reset, accumulator and weighting bugs), a
+subprocess runs the default (non-slow) estimator tests with the fault injected and must report a test failure.
+``-x`` stops at the first failing test, so a caught fault costs only the tests up to it.
+
+  python -m pytest -m slow tests/test_estimator_mutations.py
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import estimator_faults
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+# The fast estimator tests, the conformance cases first (they catch most faults).
+SELECTION = ["tests/test_estimator_conformance.py", "tests/test_pes.py", "tests/test_estimators.py"]
+
+
+def _run(fault: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, **{estimator_faults.ENV: fault})
+  env["PYTHONPATH"] = os.pathsep.join([ROOT, TESTS, env.get("PYTHONPATH", "")])
+  return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-s", "-p", "estimator_faults",
+                         "-p", "no:cacheprovider", "-m", "not slow", *SELECTION],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", estimator_faults.FAULTS)
+def test_fault_makes_a_fast_estimator_test_fail(fault):
+  result = _run(fault)
+  output = result.stdout + result.stderr
+  assert f"estimator fault applied: {fault}" in output, output[-3000:]
+  # pytest exits with 1 when tests ran and some failed (2-5: interrupted, internal or usage errors, no tests).
+  assert result.returncode == 1, output[-3000:]
+  assert " failed" in output, output[-3000:]
