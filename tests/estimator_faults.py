@@ -127,8 +127,6 @@ def pytest_configure(config):
   fault = os.environ.get(ENV)
   if not fault:
     return
-  import lopt  # pylint: disable=import-outside-toplevel,unused-import  # registers every estimator
-  import jax.flatten_util  # pylint: disable=import-outside-toplevel,unused-import,redefined-outer-name
   if fault in OUTPUT_FAULTS:
     _apply_output_fault(fault)
   elif fault in SOURCE_FAULTS:
