@@ -39,7 +39,10 @@ def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int |
   """``value`` as an ``int`` within ``[minimum, maximum]``; bools and non-integral numbers are refused."""
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     allowed = _range(minimum, maximum, False)
-    raise ArgumentError(name, f"must be an integer{' ' + allowed if allowed else ''}, {_got(value)}.")
+    # gin reads 1e3 and 10.0 as floats: say how to write the integer meant.
+    integral_float = isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    hint = f"; write it as {int(value)} (1e3 and 1000.0 are floats)" if integral_float else ""
+    raise ArgumentError(name, f"must be an integer{' ' + allowed if allowed else ''}, {_got(value)}{hint}.")
   value = int(value)
   if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
     raise ArgumentError(name, f"must be an integer {_range(minimum, maximum, False)}, got {value}.")
