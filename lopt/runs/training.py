@@ -8,6 +8,7 @@ as the workdir's ``config.gin`` (the operative config once the run finishes) and
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import gin
@@ -22,6 +23,42 @@ from lopt.workdir import Workdir
 def _write(path: str, text: str) -> None:
   with open(path, "w", encoding="utf-8") as f:
     f.write(text)
+
+
+def _first_missing(path: str) -> str | None:
+  """The outermost directory of ``path`` (or ``path`` itself) that does not exist yet; None if it exists."""
+  path = os.path.abspath(path)
+  missing = None
+  while not os.path.exists(path):
+    missing = path
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return missing
+
+
+def _remove_failed_start(layout: Workdir, created: str) -> None:
+  """Removes the directories a failed start created, if they hold nothing but the ``config.gin`` it wrote.
+
+  A start that fails on a bad value fails before anything else is written; a run that wrote metrics or
+  checkpoints before failing keeps them.
+  """
+  workdir = os.path.abspath(layout.root)
+  if not os.path.isdir(workdir) or set(os.listdir(workdir)) - {os.path.basename(layout.config)}:
+    return
+  if os.path.exists(layout.config):
+    os.remove(layout.config)
+  # Empty directories only, from the workdir up to the outermost one this start created.
+  path = workdir
+  while True:
+    try:
+      os.rmdir(path)
+    except OSError:
+      return
+    if path == created:
+      return
+    path = os.path.dirname(path)
 
 
 def meta_train_in_workdir(workdir: str, *, gin_configs: Sequence[str] = (), gin_bindings: Sequence[str] = (),
@@ -44,16 +81,23 @@ def meta_train_in_workdir(workdir: str, *, gin_configs: Sequence[str] = (), gin_
     lopt.arguments.ArgumentError: for a bad value of a plugin or ``meta_train`` argument.
   """
   layout = Workdir(workdir)
+  created = _first_missing(workdir)
   with config.isolated():
     if fresh_config:
       gin.clear_config()
     config.parse(gin_configs, gin_bindings)
     checkpoints.ensure_writable_dir(workdir)
-    config_text = gin.config_str()
-    main_process = sharding.is_main_process()
-    if main_process:
-      _write(layout.config, config_text)
-    result = config.configured("meta_train")(workdir=workdir, wandb_mode=wandb_mode, config_text=config_text)
+    try:
+      config_text = gin.config_str()
+      main_process = sharding.is_main_process()
+      if main_process:
+        _write(layout.config, config_text)
+      result = config.configured("meta_train")(workdir=workdir, wandb_mode=wandb_mode, config_text=config_text)
+    except BaseException:
+      # A bad value fails here, before meta_train writes anything: leave no half-created run directory.
+      if created is not None:
+        _remove_failed_start(layout, created)
+      raise
     if main_process and not result.interrupted:
       _write(layout.config, gin.operative_config_str())
   return result
