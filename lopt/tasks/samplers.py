@@ -17,10 +17,11 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from lopt import arguments
 from lopt.registry import register
 from lopt.tasks import augment
 from lopt.tasks.autoencoder import autoencoder
-from lopt.tasks.base import TaskFamily, TaskSampler
+from lopt.tasks.base import TaskFamily, TaskSampler, check_family
 from lopt.tasks.char_rnn import char_rnn
 from lopt.tasks.classic_2d import FUNCTIONS, classic_2d
 from lopt.tasks.image_conv import image_conv
@@ -40,6 +41,7 @@ def fixed(task_family: TaskFamily) -> TaskSampler:
   Returns:
     A sampler whose ``families`` is ``(task_family,)``.
   """
+  task_family = check_family("task_samplers.fixed.task_family", task_family)
 
   def sample(key: PRNGKey) -> TaskFamily:
     del key  # Nothing to choose.
@@ -73,15 +75,22 @@ def mixture(task_families: Sequence[TaskFamily], weights: Sequence[float] | None
   Raises:
     ValueError: for no families, duplicate family names, or weights that are not positive or do not match.
   """
-  families = tuple(task_families)
+  owner = "task_samplers.mixture"
+  if isinstance(task_families, (str, bytes)) or not isinstance(task_families, Sequence):
+    raise arguments.ArgumentError(f"{owner}.task_families", "must be a list of task families, e.g. "
+                                  f"[@task_families.quadratic(), @task_families.image_mlp()], got {task_families!r}.")
+  families = tuple(check_family(f"{owner}.task_families[{i}]", f) for i, f in enumerate(task_families))
   if not families:
-    raise ValueError("mixture needs at least one task family.")
+    raise arguments.ArgumentError(f"{owner}.task_families", "must hold at least one task family.")
   names = [f.name for f in families]
   if len(set(names)) != len(names):
     raise ValueError(f"mixture needs distinct family names (they key compiled code), got {names}.")
+  if weights is not None:
+    weights = arguments.reals(f"{owner}.weights", weights, minimum=0.0, open_minimum=True)
+    if len(weights) != len(families):
+      raise arguments.ArgumentError(f"{owner}.weights", f"must hold one weight per family ({len(families)}), "
+                                    f"got {len(weights)}.")
   weights = np.ones(len(families)) if weights is None else np.asarray(weights, np.float64)
-  if weights.shape != (len(families),) or np.any(weights <= 0):
-    raise ValueError(f"Need one positive weight per family ({len(families)}), got {weights.tolist()}.")
   summary = ", ".join(f"{n}:{w:g}" for n, w in zip(names, weights))
   return TaskSampler(name=f"mixture({summary})", families=families, sample=_chooser(families, weights))
 
@@ -155,11 +164,15 @@ def parametric(*, num_structures: int = 16, seed: int = 0, kinds: Sequence[str] 
   Returns:
     A sampler whose ``families`` is the pool.
   """
-  if num_structures < 1:
-    raise ValueError(f"num_structures must be positive, got {num_structures}.")
-  unknown = sorted(set(kinds) - set(KINDS))
-  if unknown or not kinds:
-    raise ValueError(f"Unknown or no task kinds {unknown}; kinds: {', '.join(KINDS)}.")
+  owner = "task_samplers.parametric"
+  num_structures = arguments.integer(f"{owner}.num_structures", num_structures, minimum=1)
+  seed = arguments.integer(f"{owner}.seed", seed, minimum=0)
+  augment_probability = arguments.real(f"{owner}.augment_probability", augment_probability, minimum=0.0,
+                                       maximum=1.0)
+  if isinstance(kinds, str) or not isinstance(kinds, Sequence) or not kinds:
+    raise arguments.ArgumentError(f"{owner}.kinds", f"must be a non-empty tuple of task kinds ({', '.join(KINDS)}), "
+                                  f"got {kinds!r}.")
+  kinds = tuple(arguments.choice(f"{owner}.kinds[{i}]", kind, KINDS) for i, kind in enumerate(kinds))
   rng = np.random.default_rng(seed)
   pool: dict[str, TaskFamily] = {}
   for _ in range(num_structures):
