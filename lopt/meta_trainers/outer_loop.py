@@ -229,9 +229,25 @@ def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_
   return done, last_metrics, False
 
 
+# meta_train's plugin arguments: (argument, type it must have, how a gin file gives one).
+_PLUGIN_ARGUMENTS = (("task_sampler", TaskSampler, "@task_samplers.fixed()"),
+                     ("architecture", LearnedOptimizer, "@architectures.ff()"),
+                     ("estimator", GradientEstimator, "@estimators.pes()"))
+
+
 def _check_arguments(*, num_outer_steps: int, seed: int, log_every: int, checkpoint_every: int,
                      keep_checkpoints: int, meta_eval: Any, meta_eval_every: int, handle_signals: bool,
-                     num_devices: int | None, wandb_mode: str) -> None:
+                     num_devices: int | None, wandb_mode: str, **plugins: Any) -> None:
+  for name, kind, example in _PLUGIN_ARGUMENTS:
+    value = plugins.get(name)
+    if name in plugins and not isinstance(value, kind):
+      # A factory bound without its parentheses (or a plugin of another kind) would fail deep inside the run.
+      if callable(value):
+        got = f"the factory {getattr(value, '__name__', value)!r} (add the parentheses)"
+      else:
+        label = getattr(value, "name", None)
+        got = f"{type(value).__name__} {label!r}" if isinstance(label, str) else f"{value!r}"
+      raise arguments.ArgumentError(f"meta_train.{name}", f"must be a {kind.__name__}, e.g. {example}, got {got}.")
   arguments.integer("meta_train.num_outer_steps", num_outer_steps, minimum=0)
   arguments.integer("meta_train.seed", seed, minimum=0)
   arguments.integer("meta_train.log_every", log_every, minimum=1)
@@ -293,7 +309,7 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
   _check_arguments(num_outer_steps=num_outer_steps, seed=seed, log_every=log_every,
                    checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, meta_eval=meta_eval,
                    meta_eval_every=meta_eval_every, handle_signals=handle_signals, num_devices=num_devices,
-                   wandb_mode=wandb_mode)
+                   wandb_mode=wandb_mode, task_sampler=task_sampler, architecture=architecture, estimator=estimator)
   checkpoints.ensure_writable_dir(workdir)
   main_process = sharding.is_main_process()
   run, state = _build(task_sampler=task_sampler, architecture=architecture, estimator=estimator,
