@@ -181,13 +181,18 @@ def _place(run: _Run, state: PyTree, estimator: GradientEstimator, num_devices: 
   run.start_step = int(state["step"])
 
 
+# Outer steps over which steps_per_sec and eta_sec are measured.
+PROGRESS_WINDOW = 50
+
+
 def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_every: int, checkpoint_every: int,
           keep_checkpoints: int, meta_eval: Callable[..., Mapping[str, float]] | None, meta_eval_every: int,
           handle_signals: bool, main_process: bool) -> tuple[int, dict[str, float], bool]:
   """Runs the outer steps from ``run.start_step``; returns ``(step reached, last metrics, interrupted)``."""
   pending: list[Mapping[str, jax.Array]] = []
   last_metrics: dict[str, float] = {}
-  tracker = progress.Progress(num_outer_steps - run.start_step, unit="steps")
+  # steps/s and ETA over the last steps, not from the start: the first step's compilation would dominate them.
+  tracker = progress.Progress(num_outer_steps - run.start_step, unit="steps", window=PROGRESS_WINDOW)
   done = run.start_step
 
   def save(step: int) -> None:
