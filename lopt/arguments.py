@@ -26,12 +26,12 @@ def _got(value: Any) -> str:
   return f"got {value!r} ({type(value).__name__})"
 
 
-def _range(minimum: float | None, maximum: float | None, open_minimum: bool) -> str:
+def _range(minimum: float | None, maximum: float | None, open_minimum: bool, open_maximum: bool = False) -> str:
   parts = []
   if minimum is not None:
     parts.append(f"{'>' if open_minimum else '>='} {minimum:g}")
   if maximum is not None:
-    parts.append(f"<= {maximum:g}")
+    parts.append(f"{'<' if open_maximum else '<='} {maximum:g}")
   return " and ".join(parts)
 
 
@@ -39,7 +39,10 @@ def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int |
   """``value`` as an ``int`` within ``[minimum, maximum]``; bools and non-integral numbers are refused."""
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     allowed = _range(minimum, maximum, False)
-    raise ArgumentError(name, f"must be an integer{' ' + allowed if allowed else ''}, {_got(value)}.")
+    # gin reads 1e3 and 10.0 as floats: say how to write the integer meant.
+    integral_float = isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    hint = f"; write it as {int(value)} (1e3 and 1000.0 are floats)" if integral_float else ""
+    raise ArgumentError(name, f"must be an integer{' ' + allowed if allowed else ''}, {_got(value)}{hint}.")
   value = int(value)
   if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
     raise ArgumentError(name, f"must be an integer {_range(minimum, maximum, False)}, got {value}.")
@@ -47,14 +50,15 @@ def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int |
 
 
 def real(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
-         open_minimum: bool = False) -> float:
-  """``value`` as a finite ``float`` within the range; ``open_minimum`` excludes the minimum itself."""
-  allowed = _range(minimum, maximum, open_minimum)
+         open_minimum: bool = False, open_maximum: bool = False) -> float:
+  """``value`` as a finite ``float`` within the range; ``open_minimum``/``open_maximum`` exclude the bound itself."""
+  allowed = _range(minimum, maximum, open_minimum, open_maximum)
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise ArgumentError(name, f"must be a number{' ' + allowed if allowed else ''}, {_got(value)}.")
   value = float(value)
   too_small = minimum is not None and (value <= minimum if open_minimum else value < minimum)
-  if not math.isfinite(value) or too_small or (maximum is not None and value > maximum):
+  too_large = maximum is not None and (value >= maximum if open_maximum else value > maximum)
+  if not math.isfinite(value) or too_small or too_large:
     raise ArgumentError(name, f"must be a finite number{' ' + allowed if allowed else ''}, got {value:g}.")
   return value
 
@@ -93,11 +97,11 @@ def integers(name: str, values: Any, *, minimum: int | None = None, allow_empty:
 
 
 def reals(name: str, values: Any, *, minimum: float | None = None, maximum: float | None = None,
-          open_minimum: bool = False, allow_empty: bool = True) -> tuple[float, ...]:
+          open_minimum: bool = False, open_maximum: bool = False, allow_empty: bool = True) -> tuple[float, ...]:
   """A sequence of numbers (e.g. decays) as a tuple of floats, each checked like ``real``."""
   if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
     raise ArgumentError(name, f"must be a tuple of numbers, {_got(values)}.")
   if not allow_empty and not values:
     raise ArgumentError(name, "must not be empty.")
-  return tuple(real(f"{name}[{i}]", v, minimum=minimum, maximum=maximum, open_minimum=open_minimum)
-               for i, v in enumerate(values))
+  return tuple(real(f"{name}[{i}]", v, minimum=minimum, maximum=maximum, open_minimum=open_minimum,
+                    open_maximum=open_maximum) for i, v in enumerate(values))

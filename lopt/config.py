@@ -14,6 +14,7 @@ import importlib.util  # noqa: F401  gin uses importlib.util without importing i
 import inspect
 import os
 import re
+import tokenize
 from typing import Iterator, Sequence
 
 import gin
@@ -57,7 +58,25 @@ def _suggest(name: str, candidates: Sequence[str]) -> str:
   return f" Did you mean '{hint}'?" if hint else ""
 
 
+VALUE_FORMS = ("a number, a quoted string, True/False/None, a tuple or list, @name() or %MACRO")
+
+
+def _explain_syntax(error: SyntaxError) -> str:
+  """Names the binding or file line gin could not read, and what a value may be."""
+  line = (error.text or "").strip()
+  where = f"{error.filename}, line {error.lineno}" if error.filename else "gin binding"
+  token = re.search(r"Failed to parse token '([^']*)'", str(error))
+  what = f"cannot read {token.group(1)!r} as a value" if token else (error.msg or "").splitlines()[0].rstrip(".")
+  # gin's own text ("malformed node or string ... <ast.Name object at 0x...>") says nothing a user can act on.
+  return f"{where} {line!r}: {what}; a value is {VALUE_FORMS}."
+
+
 def _explain(error: Exception) -> str:
+  if isinstance(error, SyntaxError):
+    return _explain_syntax(error)
+  if isinstance(error, tokenize.TokenError):
+    return (f"gin config: {error.args[0]} (an unclosed bracket or quote in a gin file or binding); a value is "
+            f"{VALUE_FORMS}.")
   message = str(error)
   known = configurables()
   match = re.search(r"No configurable matching (?:reference )?'@?([^'(]+)(?:\(\))?'", message)
@@ -101,7 +120,7 @@ def parse(config_files: Sequence[str] = (), bindings: Sequence[str] = ()) -> Non
   try:
     gin.parse_config_files_and_bindings(list(config_files), list(bindings), skip_unknown=False,
                                         finalize_config=False)
-  except (ValueError, KeyError, TypeError, SyntaxError, IOError) as e:
+  except (ValueError, KeyError, TypeError, SyntaxError, IOError, tokenize.TokenError) as e:
     raise ConfigError(_explain(e)) from e
 
 

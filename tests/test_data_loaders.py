@@ -16,7 +16,7 @@ import pytest
 
 from lopt import registry
 from lopt import tasks
-from lopt.tasks import data, loaders, text
+from lopt.tasks import data, loaders, samplers, text
 
 
 def write_idx(path, array: np.ndarray, *, compress: bool = False, cut: int = 0) -> str:
@@ -181,7 +181,7 @@ def test_mixture_sampler_weights_and_errors():
   assert picks[:20] == [sampler.sample(jax.random.key_data(jax.random.key(i))).name for i in range(20)]
   with pytest.raises(ValueError, match="distinct"):
     tasks.mixture([a, tasks.quadratic(2)])
-  with pytest.raises(ValueError, match="positive weight"):
+  with pytest.raises(ValueError, match="one weight per family"):
     tasks.mixture([a, b], weights=[1.0])
 
 
@@ -194,24 +194,42 @@ def test_mixture_sampler_frequencies_follow_weights():
   np.testing.assert_allclose(frequencies, [0.1, 0.2, 0.7], atol=0.03)
 
 
-def test_parametric_sampler_yields_over_1000_distinct_tasks_deterministically():
+def _shape_signature(family):
+  """The parameter and batch shapes of a family's tasks: differs for different architectures, sizes, data sets
+  and batch sizes (not for activations alone), without reading anything the sampler records about itself."""
+  key = jax.random.key(0)
+  task = family.task(family.sample(key))
+  shapes = lambda tree: tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
+  return shapes(jax.eval_shape(task.init, key)), shapes(jax.eval_shape(lambda k: task.batch(k, "train"), key))
+
+
+def test_parametric_sampler_draws_64_distinct_structures_deterministically():
   sampler = tasks.parametric(num_structures=64, seed=0)
-  assert [f.name for f in sampler.families] == [f.name for f in tasks.parametric(num_structures=64,
-                                                                                  seed=0).families]
-  assert len(sampler.families) >= 40
-  assert [f.name for f in sampler.families] != [f.name for f in tasks.parametric(num_structures=64,
-                                                                                  seed=1).families]
-  kinds = {name.split("_")[0] for name in (f.name.split("(")[-1] for f in sampler.families)}
-  assert len(kinds) >= 5
+  pool = samplers.draw_pool(64, 0)
+  assert [s for s, _ in pool] == [s for s, _ in samplers.draw_pool(64, 0)]
+  assert [s for s, _ in pool] != [s for s, _ in samplers.draw_pool(64, 1)]
+  assert pool[0][1]().name == sampler.families[0].name and pool[-1][1]().name == sampler.families[-1].name
+  # 64 distinct structures: architecture, widths (and so depth), activation, data set, batch size; the continuous
+  # draws within a family (initial scale, curvatures) do not count.
+  structures = [structure for structure, _ in pool]
+  assert len(set(structures)) == len(sampler.families) == 64
+  assert len({s.architecture for s in structures}) >= 7
+  assert len({s.widths for s in structures}) >= 16 and {len(s.widths) for s in structures} >= {1, 2}
+  assert len({s.activation for s in structures} - {None}) >= 3
+  assert len({s.data for s in structures} - {None}) >= 10 and len({s.batch_size for s in structures}) >= 5
+  # A run sees every structure: 1,000 outer steps pick each of the 64 families.
+  picks = {sampler.sample(jax.random.key(step)).name for step in range(1000)}
+  assert picks == {f.name for f in sampler.families}
 
-  # A task configuration is (structure, sampled cfg); count distinct pairs over 1,200 draws.
-  def draw(seed):
-    key = jax.random.key(seed)
-    family = sampler.sample(jax.random.fold_in(key, 0))
-    cfg = family.sample(jax.random.fold_in(key, 1))
-    return family.name, b"".join(np.asarray(leaf).tobytes() for leaf in jax.tree.leaves(cfg))
 
-  draws = [draw(seed) for seed in range(1200)]
-  assert len(set(draws)) >= 1000
-  assert len({name for name, _ in draws}) == len(sampler.families)  # Every structure gets drawn.
-  assert draws[:20] == [draw(seed) for seed in range(20)]
+@pytest.mark.slow
+def test_parametric_structures_are_different_programs():
+  # Counted from the shapes alone (blind to activations), independently of what the sampler records: tracing
+  # every family's init takes tens of seconds on 2 cores, hence slow.
+  families = tasks.parametric(num_structures=64, seed=0).families
+  assert len({_shape_signature(f) for f in families}) >= 48
+
+
+def test_parametric_sampler_refuses_more_structures_than_its_kinds_allow():
+  with pytest.raises(ValueError, match=r"task_samplers\.parametric\.num_structures: only \d+ distinct"):
+    tasks.parametric(num_structures=40, kinds=("classic_2d",))

@@ -132,7 +132,9 @@ def test_evaluate_two_tiny_tasks_end_to_end(trained_workdir, tmp_path):
                                                                            sgd_learning_rates=(1e-2,)),
       learned=lambda n: loaded.architecture.optimizer(loaded.theta, num_steps=n), learned_name="ff_small",
       num_steps=10, num_seeds=2, baseline_steps_factor=2, eval_every=5, printer=lines.append)
-  assert len(lines) == 4 and "[4/4]" in lines[-1] and "ETA" in lines[-1]
+  # A line as each of the 4 programs starts and one with the ETA as it ends.
+  assert len(lines) == 8 and "[4/4]" in lines[-1] and "ETA" in lines[-1]
+  assert lines[0].startswith("[1/4] quadratic: ff_small, 2 seeds x 10 steps ...") and "ETA" in lines[1]
   assert set(report["tasks"]) == {"quadratic", "rosenbrock"}
   for task in report["tasks"].values():
     assert set(task["optimizers"]) == {"ff_small", "adam", "radam", "adamw", "sgd_momentum", "prodigy",
@@ -219,3 +221,14 @@ def test_evaluate_cli_end_to_end(trained_workdir, tmp_path):
     assert (out / name).exists(), name
   assert len(glob.glob(str(out / "wandb" / "offline-run-*" / "files" / "media" / "images" / "**" / "*.png"),
                        recursive=True)) == 3
+
+
+def test_heldout_comparison_prints_progress_per_run(capsys, tmp_path):
+  sampler = fixed(quadratic(2))
+  report = hooks.heldout_comparison(theta={}, init_theta={}, architecture=baselines.adam(), task_sampler=sampler,
+                                    workdir=str(tmp_path), num_tasks=1, num_steps=4)
+  lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+  # 3 optimizers: a line as each run starts and one with the count and ETA as it ends.
+  assert len(lines) == 6 and set(report) == {"quadratic_d2_s0.1-10"}
+  assert lines[0].startswith("[1/3] held-out quadratic_d2") and "meta-trained, 1 tasks x 4 steps ..." in lines[0]
+  assert lines[-1].startswith("[3/3] held-out quadratic_d2") and "ETA 0s" in lines[-1]

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 
+from lopt import arguments
 from lopt.architectures.base import LearnedOptimizer
 from lopt.registry import register
 from lopt.types import MetaParams, PRNGKey
+
+
+def _hyper(owner: str, name: str, value: Any, **bounds: Any) -> Any:
+  """``value`` checked like ``arguments.real``; a JAX array passes as it is.
+
+  The tuned baselines build these optimizers with a traced learning rate (one lane per grid value); a traced
+  value has no Python value to check, and its grid was checked where it was given.
+  """
+  if isinstance(value, jax.Array):
+    return value
+  return arguments.real(f"architectures.{owner}.{name}", value, **bounds)
+
+
+def _adam_hypers(owner: str, learning_rate: Any, b1: Any, b2: Any, eps: Any, *, positive_eps: bool = False
+                 ) -> tuple[Any, float, float, float]:
+  """Adam's hyperparameters checked: a positive step, decays in [0, 1), a non-negative (or positive) epsilon."""
+  return (_hyper(owner, "learning_rate", learning_rate, minimum=0.0, open_minimum=True),
+          _hyper(owner, "b1", b1, minimum=0.0, maximum=1.0, open_maximum=True),
+          _hyper(owner, "b2", b2, minimum=0.0, maximum=1.0, open_maximum=True),
+          _hyper(owner, "eps", eps, minimum=0.0, open_minimum=positive_eps))
 
 
 def _with_extra_args(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -37,6 +60,7 @@ def _in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformatio
 @register("architecture", "adam")
 def adam(*, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> LearnedOptimizer:
   """optax.adam with fixed hyperparameters (empty theta)."""
+  learning_rate, b1, b2, eps = _adam_hypers("adam", learning_rate, b1, b2, eps)
 
   def init(key: PRNGKey) -> MetaParams:
     del key
@@ -53,6 +77,11 @@ def adam(*, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps
 def learnable_adam(*, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
                    eps: float = 1e-8) -> LearnedOptimizer:
   """Adam whose theta is (log learning rate, logits of b1 and b2, log epsilon)."""
+  # theta holds logarithms and logits: b1 = 0 or eps = 0 would start it at -inf.
+  learning_rate, b1, b2, eps = _adam_hypers("learnable_adam", learning_rate, b1, b2, eps, positive_eps=True)
+  if b1 == 0 or b2 == 0:
+    raise arguments.ArgumentError(f"architectures.learnable_adam.{'b1' if b1 == 0 else 'b2'}",
+                                  "must be > 0 and < 1 (theta holds its logit), got 0.")
 
   def init(key: PRNGKey) -> MetaParams:
     del key
@@ -89,6 +118,8 @@ def _fixed(name: str, tx: optax.GradientTransformation) -> LearnedOptimizer:
 def radam(*, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
           threshold: float = 5.0) -> LearnedOptimizer:
   """optax.radam (Rectified Adam, Liu et al. 2019) with fixed hyperparameters (empty theta)."""
+  learning_rate, b1, b2, eps = _adam_hypers("radam", learning_rate, b1, b2, eps)
+  threshold = _hyper("radam", "threshold", threshold, minimum=0.0)
   return _fixed("radam", optax.radam(learning_rate, b1=b1, b2=b2, eps=eps, threshold=threshold))
 
 
@@ -96,10 +127,15 @@ def radam(*, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, ep
 def adamw(*, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
           weight_decay: float = 1e-4) -> LearnedOptimizer:
   """optax.adamw (decoupled weight decay) with fixed hyperparameters (empty theta)."""
+  learning_rate, b1, b2, eps = _adam_hypers("adamw", learning_rate, b1, b2, eps)
+  weight_decay = _hyper("adamw", "weight_decay", weight_decay, minimum=0.0)
   return _fixed("adamw", optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 
 
 @register("architecture", "sgd_momentum")
 def sgd_momentum(*, learning_rate: float = 1e-2, momentum: float = 0.9, nesterov: bool = False) -> LearnedOptimizer:
   """optax.sgd with (heavy-ball or Nesterov) momentum and fixed hyperparameters (empty theta)."""
+  learning_rate = _hyper("sgd_momentum", "learning_rate", learning_rate, minimum=0.0, open_minimum=True)
+  momentum = _hyper("sgd_momentum", "momentum", momentum, minimum=0.0, maximum=1.0, open_maximum=True)
+  nesterov = arguments.boolean("architectures.sgd_momentum.nesterov", nesterov)
   return _fixed("sgd_momentum", optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))

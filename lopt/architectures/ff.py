@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt import arguments
 from lopt.architectures import chunking, features, layers
-from lopt.architectures.base import LearnedOptimizer
+from lopt.architectures.base import LearnedOptimizer, check_decay, check_step_arguments
 from lopt.architectures.small_mlp import apply_small_mlp
 from lopt.registry import register
 from lopt.types import MetaParams, Params, PRNGKey
@@ -80,7 +81,15 @@ def ff(*, hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES, decays: Sequence[f
       multiplies) or ``"auto"``: elementwise up to ``ELEMENTWISE_MAX_MULTIPLIES`` multiply-adds per parameter.
     chunk_size: parameters per chunk of the matmul evaluation.
   """
-  decays = tuple(float(d) for d in decays)
+  owner = "architectures.ff"
+  hidden_sizes = arguments.integers(f"{owner}.hidden_sizes", hidden_sizes, minimum=1)
+  decays = arguments.reals(f"{owner}.decays", decays, minimum=0.0, maximum=1.0, open_maximum=True,
+                           allow_empty=False)
+  rms_decay = check_decay(f"{owner}.rms_decay", rms_decay)
+  initial_step, magnitude_scale, direction_scale, output_init_scale, eps = check_step_arguments(
+      owner, initial_step, magnitude_scale, direction_scale, output_init_scale, eps)
+  evaluation = arguments.choice(f"{owner}.evaluation", evaluation, ("auto", "elementwise", "matmul"))
+  chunk_size = arguments.integer(f"{owner}.chunk_size", chunk_size, minimum=1)
   nominal_index = min(range(len(decays)), key=lambda i: abs(decays[i] - 0.9))
   num_per_param = features.num_per_parameter_features(len(decays))
   num_inputs = num_per_param + len(features.DEFAULT_TIMESCALES) + 2
@@ -88,8 +97,6 @@ def ff(*, hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES, decays: Sequence[f
   if evaluation == "auto":
     evaluation = "elementwise" if mlp_multiplies((num_per_param, *sizes[1:])) <= ELEMENTWISE_MAX_MULTIPLIES \
         else "matmul"
-  if evaluation not in ("elementwise", "matmul"):
-    raise ValueError(f"evaluation must be 'auto', 'elementwise' or 'matmul', not {evaluation!r}.")
 
   def init(key: PRNGKey) -> MetaParams:
     return {"mlp": layers.init_mlp(key, sizes, output_init_scale),
@@ -172,6 +179,13 @@ def ff_small(*, hidden_sizes: Sequence[int] = (4,), momentum_decay: float = 0.9,
   full one, so the state is ~1 float per parameter. Inputs: gradient and momentum divided by the factored RMS and
   the tensor-normalised parameter; the progress embedding enters as a first-layer bias.
   """
+  owner = "architectures.ff_small"
+  hidden_sizes = arguments.integers(f"{owner}.hidden_sizes", hidden_sizes, minimum=1)
+  # theta holds the decays' logits, so 0 is out too.
+  momentum_decay = check_decay(f"{owner}.momentum_decay", momentum_decay, open_minimum=True)
+  rms_decay = check_decay(f"{owner}.rms_decay", rms_decay, open_minimum=True)
+  initial_step, magnitude_scale, direction_scale, output_init_scale, eps = check_step_arguments(
+      owner, initial_step, magnitude_scale, direction_scale, output_init_scale, eps)
   num_per_param = 3
   sizes = (num_per_param + len(features.DEFAULT_TIMESCALES) + 2, *hidden_sizes, 2)
 

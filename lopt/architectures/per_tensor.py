@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt import arguments
 from lopt.architectures import features, layers, tensor_lstm
-from lopt.architectures.base import LearnedOptimizer
+from lopt.architectures.base import LearnedOptimizer, check_decay, check_step_arguments
 from lopt.architectures.small_mlp import apply_small_mlp
 from lopt.registry import register
 from lopt.types import MetaParams, Params, PRNGKey
@@ -71,6 +72,14 @@ def per_tensor(*, lstm_hidden: int = 32, context_size: int = 8, hidden_sizes: Se
                direction_scale: float = 0.1, lr_scale: float = 0.1, output_init_scale: float = 1e-3,
                eps: float = 1e-8) -> LearnedOptimizer:
   """Hierarchical: per-tensor LSTM (tensor stats, train/valid loss) gives context to a per-parameter MLP."""
+  owner = "architectures.per_tensor"
+  lstm_hidden = arguments.integer(f"{owner}.lstm_hidden", lstm_hidden, minimum=1)
+  context_size = arguments.integer(f"{owner}.context_size", context_size, minimum=1)
+  hidden_sizes = arguments.integers(f"{owner}.hidden_sizes", hidden_sizes, minimum=1)
+  rms_decay = check_decay(f"{owner}.rms_decay", rms_decay)
+  initial_step, magnitude_scale, direction_scale, output_init_scale, eps = check_step_arguments(
+      owner, initial_step, magnitude_scale, direction_scale, output_init_scale, eps)
+  lr_scale = arguments.real(f"{owner}.lr_scale", lr_scale, minimum=0.0)
   num_shared = context_size + len(features.DEFAULT_TIMESCALES) + 2
   sizes = (NUM_PER_PARAM + num_shared, *hidden_sizes, 2)
 

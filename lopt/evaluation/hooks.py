@@ -17,9 +17,14 @@ import optax
 from lopt.architectures.base import LearnedOptimizer
 from lopt.evaluation.training import (FAST_COMPILE, HELDOUT_SEED_OFFSET, OptimizerFactory, compile_trainer,
                                       summarize, to_numpy, train_tasks, valid_every_for)
+from lopt.progress import Progress
 from lopt.tasks.base import TaskSampler
 from lopt.types import MetaParams, PRNGKey
 from lopt.workdir import Workdir
+
+
+def _print_flushed(line: str) -> None:
+  print(line, flush=True)
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
@@ -49,11 +54,17 @@ def heldout_comparison(*, theta: MetaParams, init_theta: MetaParams, architectur
   }
   key = jax.random.key(seed + HELDOUT_SEED_OFFSET)
   report = {}
+  # Each (family, optimizer) pair compiles and trains a program of its own: say which, and how long is left.
+  tracker = Progress(len(task_sampler.families) * len(optimizers), unit="runs", printer=_print_flushed)
   for i, family in enumerate(task_sampler.families):
     family_key = jax.random.fold_in(key, i)
-    rows = {name: summarize(train_tasks(family, make, family_key, num_tasks=num_tasks, num_steps=num_steps,
-                                        valid_every=valid))
-            for name, (make, valid) in optimizers.items()}
+    rows = {}
+    for name, (make, valid) in optimizers.items():
+      what = f"held-out {family.name}: {name}, {num_tasks} tasks x {num_steps} steps"
+      tracker.starting(what)
+      rows[name] = summarize(train_tasks(family, make, family_key, num_tasks=num_tasks, num_steps=num_steps,
+                                         valid_every=valid))
+      tracker.step(what)
     report[family.name] = rows
     table = format_table(rows)
     header = f"Held-out comparison on {family.name}: {num_tasks} tasks x {num_steps} steps (normalised losses)"

@@ -74,7 +74,8 @@ def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Basel
     eval_every: steps between test-loss measurements; must divide ``num_steps`` (default ``num_steps // 10``).
     window: smoothing window of the training curves (default ``lopt.speedup.default_window(num_steps)``).
     compiler_options: XLA compile options, e.g. ``lopt.training.FAST_COMPILE``.
-    printer: receives a progress line per compiled program (the learned optimizer; all baselines of a task).
+    printer: receives a line when each compiled program (the learned optimizer; all baselines of a task)
+      starts and one with the count done and the ETA when it ends.
 
   Returns:
     The report (see ``docs/training.md``), strict-JSON-ready: non-finite values (divergence) are None.
@@ -89,7 +90,13 @@ def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Basel
   names = [b.name for b in baselines]
   if len(set(names)) != len(names) or learned_name in names:
     raise ValueError(f"Optimizer names must be distinct; got {learned_name!r} and baselines {names}.")
-  progress = Progress(len(suite) * (1 + (learned is not None)), unit="programs", printer=printer)
+  # Every baseline and every grid value is one lane of a single compiled program (see train_stacked).
+  lanes = [(i, lr) for i, b in enumerate(baselines) for lr in (b.learning_rates or (0.0,))]
+  # The ETA weighs each program by its inner steps: one baseline program trains len(lanes) optimizers
+  # baseline_steps_factor times longer than the learned optimizer's, so counting programs would understate it.
+  learned_work, baseline_work = num_steps, baseline_steps * len(lanes)
+  progress = Progress(len(suite) * (1 + (learned is not None)), unit="programs", printer=printer,
+                      total_work=len(suite) * (baseline_work + learned_work * (learned is not None)))
   common = dict(num_tasks=num_seeds, eval_every=eval_every, compiler_options=compiler_options)
   key = jax.random.key(seed + training.HELDOUT_SEED_OFFSET)
   tasks: dict[str, Any] = {}
@@ -100,13 +107,14 @@ def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Basel
     optimizers: dict[str, Any] = {}
     grids: dict[str, np.ndarray] = {}
     if learned is not None:
+      progress.starting(f"{task_name}: {learned_name}, {num_seeds} seeds x {num_steps} steps")
       result = training.train_tasks(family, learned, task_key, num_steps=num_steps, **common)
       optimizers[learned_name] = _record(result, num_steps=num_steps, window=window,
                                          eval_steps=training.eval_steps(num_steps, eval_every))
-      progress.step(f"{task_name}: {learned_name}")
+      progress.step(f"{task_name}: {learned_name}", work=learned_work)
     points = training.eval_steps(baseline_steps, eval_every)
-    # Every baseline and every grid value is one lane of a single compiled program (see train_stacked).
-    lanes = [(i, lr) for i, b in enumerate(baselines) for lr in (b.learning_rates or (0.0,))]
+    baselines_what = f"{task_name}: {len(baselines)} baselines ({len(lanes)} runs x {num_seeds} seeds)"
+    progress.starting(f"{baselines_what} x {baseline_steps} steps")
     result = training.train_stacked(family, [b.make for b in baselines], lanes, task_key,
                                       num_steps=baseline_steps, eval_params=[b.eval_params for b in baselines],
                                       **common)
@@ -124,7 +132,7 @@ def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Basel
         record["grid"] = {f"{lr:g}": float(speedup.smooth(c[:num_steps], window)[-1])
                           for lr, c in zip(baseline.learning_rates, curves)}
       optimizers[baseline.name] = record
-    progress.step(f"{task_name}: {len(baselines)} baselines ({len(lanes)} runs x {num_seeds} seeds)")
+    progress.step(baselines_what, work=baseline_work)
     entry: dict[str, Any] = {"family": family.name, "optimizers": optimizers}
     if learned is not None and SPEEDUP_BASELINE in grids:
       learned_curve = np.asarray([np.inf if v is None else v for v in optimizers[learned_name]["train_curve"]])

@@ -174,13 +174,18 @@ def _place(run: _Run, state: PyTree, estimator: GradientEstimator, num_devices: 
   run.start_step = int(state["step"])
 
 
+# Outer steps over which steps_per_sec and eta_sec are measured.
+PROGRESS_WINDOW = 50
+
+
 def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_every: int, checkpoint_every: int,
           keep_checkpoints: int, meta_eval: Callable[..., Mapping[str, float]] | None, meta_eval_every: int,
           handle_signals: bool, main_process: bool, max_fully_masked_steps: int) -> tuple[int, dict[str, float], bool]:
   """Runs the outer steps from ``run.start_step``; returns ``(step reached, last metrics, interrupted)``."""
   pending = masking.MaskedSteps(run.slots, max_fully_masked_steps)
   last_metrics: dict[str, float] = {}
-  tracker = progress.Progress(num_outer_steps - run.start_step, unit="steps")
+  # steps/s and ETA over the last steps, not from the start: the first step's compilation would dominate them.
+  tracker = progress.Progress(num_outer_steps - run.start_step, unit="steps", window=PROGRESS_WINDOW)
   done = run.start_step
 
   def save(step: int) -> None:
@@ -228,10 +233,26 @@ def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_
   return done, last_metrics, False
 
 
+# meta_train's plugin arguments: (argument, type it must have, how a gin file gives one).
+_PLUGIN_ARGUMENTS = (("task_sampler", TaskSampler, "@task_samplers.fixed()"),
+                     ("architecture", LearnedOptimizer, "@architectures.ff()"),
+                     ("estimator", GradientEstimator, "@estimators.pes()"))
+
+
 def _check_arguments(*, num_outer_steps: int, seed: int, log_every: int, checkpoint_every: int,
                      keep_checkpoints: int, meta_eval: Any, meta_eval_every: int, handle_signals: bool,
                      num_devices: int | None, wandb_mode: str, trust_unverified_checkpoints: bool,
-                     max_fully_masked_steps: int, reevaluate: bool) -> None:
+                     max_fully_masked_steps: int, reevaluate: bool, **plugins: Any) -> None:
+  for name, kind, example in _PLUGIN_ARGUMENTS:
+    value = plugins.get(name)
+    if name in plugins and not isinstance(value, kind):
+      # A factory bound without its parentheses (or a plugin of another kind) would fail deep inside the run.
+      if callable(value):
+        got = f"the factory {getattr(value, '__name__', value)!r} (add the parentheses)"
+      else:
+        label = getattr(value, "name", None)
+        got = f"{type(value).__name__} {label!r}" if isinstance(label, str) else f"{value!r}"
+      raise arguments.ArgumentError(f"meta_train.{name}", f"must be a {kind.__name__}, e.g. {example}, got {got}.")
   arguments.integer("meta_train.num_outer_steps", num_outer_steps, minimum=0)
   arguments.boolean("meta_train.trust_unverified_checkpoints", trust_unverified_checkpoints)
   arguments.integer("meta_train.max_fully_masked_steps", max_fully_masked_steps, minimum=0)
@@ -307,7 +328,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
                    checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, meta_eval=meta_eval,
                    meta_eval_every=meta_eval_every, handle_signals=handle_signals, num_devices=num_devices,
                    wandb_mode=wandb_mode, trust_unverified_checkpoints=trust_unverified_checkpoints,
-                   max_fully_masked_steps=max_fully_masked_steps, reevaluate=reevaluate)
+                   max_fully_masked_steps=max_fully_masked_steps, reevaluate=reevaluate, task_sampler=task_sampler,
+                   architecture=architecture, estimator=estimator)
   checkpoints.ensure_writable_dir(workdir)
   main_process = sharding.is_main_process()
   # Only process 0 writes, so only it holds the lock (the others share its workdir on several hosts).

@@ -51,6 +51,44 @@ def _log_file(path: str, config_text: str) -> Iterator[None]:
     handler.close()
 
 
+def _first_missing(path: str) -> str | None:
+  """The outermost directory of ``path`` (or ``path`` itself) that does not exist yet; None if it exists."""
+  path = os.path.abspath(path)
+  missing = None
+  while not os.path.exists(path):
+    missing = path
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return missing
+
+
+def _remove_failed_start(layout: Workdir, created: str) -> None:
+  """Removes the directories a failed start created, if they hold nothing but what the start itself wrote.
+
+  That is ``config.gin``, the start's log and the lock: a start that fails on a bad value fails before any step.
+  A run that wrote metrics or checkpoints before failing keeps everything.
+  """
+  workdir = os.path.abspath(layout.root)
+  own = {layout.config, layout.log, layout.lock}
+  if not os.path.isdir(workdir) or set(os.listdir(workdir)) - {os.path.basename(p) for p in own}:
+    return
+  for path in own:
+    if os.path.exists(path):
+      os.remove(path)
+  # Empty directories only, from the workdir up to the outermost one this start created.
+  path = workdir
+  while True:
+    try:
+      os.rmdir(path)
+    except OSError:
+      return
+    if path == created:
+      return
+    path = os.path.dirname(path)
+
+
 def meta_train_in_workdir(workdir: str, *, gin_configs: Sequence[str] = (), gin_bindings: Sequence[str] = (),
                           wandb_mode: str = "offline", fresh_config: bool = True) -> MetaTrainResult:
   """Meta-trains as the gin files and bindings configure, in ``workdir``; resumes from its checkpoints.
@@ -74,28 +112,35 @@ def meta_train_in_workdir(workdir: str, *, gin_configs: Sequence[str] = (), gin_
     lopt.arguments.ArgumentError: for a bad value of a plugin or ``meta_train`` argument.
   """
   layout = Workdir(workdir)
+  created = _first_missing(workdir)
   with config.isolated():
     if fresh_config:
       gin.clear_config()
     config.parse(gin_configs, gin_bindings)
     checkpoints.ensure_writable_dir(workdir)
-    config_text = gin.config_str()
-    main_process = sharding.is_main_process()
-    with contextlib.ExitStack() as held:
-      if main_process:
-        held.enter_context(locks.hold(layout.lock))
-      if checkpoints.steps_on_disk(layout.checkpoints):
-        if os.path.isfile(layout.config):
-          config_check.check_resume(layout.config, config_check.snapshot(), workdir)
-        else:
-          logging.warning("%s has checkpoints but no config.gin: the config cannot be checked against them.", workdir)
-      if main_process:
-        held.enter_context(_log_file(layout.log, config_text))
-      # Written once the state is restored, not before: a refused resume must not overwrite the run's record.
-      result = config.configured("meta_train")(workdir=workdir, wandb_mode=wandb_mode, config_text=config_text,
-                                               on_start=lambda: _write(layout.config, config_text))
-      if main_process and not result.interrupted:
-        _write(layout.config, gin.operative_config_str())
+    try:
+      config_text = gin.config_str()
+      main_process = sharding.is_main_process()
+      with contextlib.ExitStack() as held:
+        if main_process:
+          held.enter_context(locks.hold(layout.lock))
+        if checkpoints.steps_on_disk(layout.checkpoints):
+          if os.path.isfile(layout.config):
+            config_check.check_resume(layout.config, config_check.snapshot(), workdir)
+          else:
+            logging.warning("%s has checkpoints but no config.gin: the config cannot be checked against them.", workdir)
+        if main_process:
+          held.enter_context(_log_file(layout.log, config_text))
+        # Written once the state is restored, not before: a refused resume must not overwrite the run's record.
+        result = config.configured("meta_train")(workdir=workdir, wandb_mode=wandb_mode, config_text=config_text,
+                                                 on_start=lambda: _write(layout.config, config_text))
+        if main_process and not result.interrupted:
+          _write(layout.config, gin.operative_config_str())
+    except BaseException:
+      # A bad value fails here, before meta_train writes anything: leave no half-created run directory.
+      if created is not None:
+        _remove_failed_start(layout, created)
+      raise
   return result
 
 

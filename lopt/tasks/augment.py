@@ -11,8 +11,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from lopt import arguments
 from lopt.registry import register
-from lopt.tasks.base import Task, TaskFamily
+from lopt.tasks.base import Task, TaskFamily, check_family
 from lopt.types import PRNGKey, PyTree
 
 
@@ -32,8 +33,10 @@ def reparametrize(task_family: TaskFamily, *, min_scale: float = 0.1, max_scale:
   Returns:
     A family whose ``cfg`` is ``{"base": base_cfg, "log_scales": [num_tensors]}``.
   """
-  if not 0 < min_scale <= max_scale:
-    raise ValueError(f"Need 0 < min_scale <= max_scale, got {min_scale} and {max_scale}.")
+  owner = "task_families.reparametrize"
+  task_family = check_family(f"{owner}.task_family", task_family)
+  min_scale = arguments.real(f"{owner}.min_scale", min_scale, minimum=0.0, open_minimum=True)
+  max_scale = arguments.real(f"{owner}.max_scale", max_scale, minimum=min_scale)
   example_cfg = jax.eval_shape(task_family.sample, jax.random.key(0))
   example = jax.eval_shape(lambda c, k: task_family.task(c).init(k), example_cfg, jax.random.key(0))
   treedef = jax.tree.structure(example)
@@ -74,8 +77,8 @@ def reduced_batch(task_family: TaskFamily, *, batch_size: int = 4) -> TaskFamily
   Returns:
     A family with the base family's ``cfg``.
   """
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  task_family = check_family("task_families.reduced_batch.task_family", task_family)
+  batch_size = arguments.integer("task_families.reduced_batch.batch_size", batch_size, minimum=1)
 
   def task(cfg: PyTree) -> Task:
     base = task_family.task(cfg)
@@ -107,6 +110,7 @@ def bfloat16(task_family: TaskFamily) -> TaskFamily:
   Returns:
     A family with the base family's ``cfg``.
   """
+  task_family = check_family("task_families.bfloat16.task_family", task_family)
 
   def task(cfg: PyTree) -> Task:
     base = task_family.task(cfg)

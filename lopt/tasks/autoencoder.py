@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt import arguments
 from lopt.registry import register
 from lopt.tasks import data
 from lopt.tasks.base import TaskFamily
-from lopt.tasks.model_family import check_activation, model_family
+from lopt.tasks.model_family import ACTIVATIONS, check_activation, model_family
 
 
 class Autoencoder(nn.Module):
@@ -46,10 +47,10 @@ def autoencoder(*, hidden_sizes: Sequence[int] = (32, 8), dataset: str = "digits
     A family whose ``cfg`` is ``{"init_scale": scalar}``. The normaliser is the error of predicting 0.5 for every
     feature (where a fresh sigmoid output sits), computed once on the training split.
   """
-  act = check_activation(activation)
-  hidden_sizes = tuple(int(s) for s in hidden_sizes)
-  if not hidden_sizes or batch_size < 1:
-    raise ValueError(f"Need at least one hidden layer and batch_size >= 1, got {hidden_sizes} and {batch_size}.")
+  owner = "task_families.autoencoder"
+  hidden_sizes = arguments.integers(f"{owner}.hidden_sizes", hidden_sizes, minimum=1, allow_empty=False)
+  batch_size = arguments.integer(f"{owner}.batch_size", batch_size, minimum=1)
+  act = check_activation(arguments.choice(f"{owner}.activation", activation, sorted(ACTIVATIONS)))
   splits = data.load(dataset, data_dir)
   num_features = splits.train.x.shape[1]
   model = Autoencoder(hidden_sizes=hidden_sizes, num_features=num_features, activation=act)

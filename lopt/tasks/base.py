@@ -15,6 +15,7 @@ from typing import Callable, Literal
 
 import jax
 
+from lopt import arguments
 from lopt.types import Batch, Params, PRNGKey, PyTree
 
 Split = Literal["train", "outer_valid", "test"]
@@ -68,3 +69,11 @@ class TaskSampler:
   name: str
   families: tuple[TaskFamily, ...]
   sample: Callable[[PRNGKey], TaskFamily]
+
+
+def check_family(name: str, value: object) -> TaskFamily:
+  """``value`` if it is a ``TaskFamily``; ``name`` is the argument as a gin binding spells it."""
+  if not isinstance(value, TaskFamily):
+    raise arguments.ArgumentError(name, f"must be a task family, e.g. @task_families.quadratic() (with the "
+                                  f"parentheses), got {value!r} ({type(value).__name__}).")
+  return value

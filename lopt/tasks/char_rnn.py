@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt import arguments
 from lopt.registry import register
 from lopt.tasks import text
 from lopt.tasks.base import TaskFamily
@@ -113,10 +114,12 @@ def char_rnn(*, cell: str = "gru", hidden_size: int = 32, embed_size: int = 16, 
     A family whose ``cfg`` is ``{"init_scale": scalar}``; the normaliser is ``log(vocab_size)``, the loss of a
     uniform prediction.
   """
-  if cell not in CELLS:
-    raise ValueError(f"Unknown cell '{cell}'. Options: {', '.join(sorted(CELLS))}.")
-  if min(hidden_size, embed_size, seq_len, batch_size) < 1:
-    raise ValueError("hidden_size, embed_size, seq_len and batch_size must be positive.")
+  owner = "task_families.char_rnn"
+  cell = arguments.choice(f"{owner}.cell", cell, sorted(CELLS))
+  hidden_size = arguments.integer(f"{owner}.hidden_size", hidden_size, minimum=1)
+  embed_size = arguments.integer(f"{owner}.embed_size", embed_size, minimum=1)
+  seq_len = arguments.integer(f"{owner}.seq_len", seq_len, minimum=1)
+  batch_size = arguments.integer(f"{owner}.batch_size", batch_size, minimum=1)
   corpus_data = text.load_text(corpus, text_file)
   vocab_size = len(corpus_data.vocab)
   model = CharRNN(vocab_size=vocab_size, embed_size=embed_size, hidden_size=hidden_size, cell=cell)

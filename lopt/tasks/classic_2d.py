@@ -7,6 +7,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from lopt import arguments
 from lopt.registry import register
 from lopt.tasks.base import SPLITS, Task, TaskFamily
 from lopt.types import PRNGKey, PyTree
@@ -61,10 +62,8 @@ def classic_2d(function: str = "rosenbrock", *, noise_std: float = 0.0) -> TaskF
     A family whose ``cfg`` is ``{"start": [2]}`` (uniform in the function's box) and whose params are
     ``{"xy": [2]}``. Losses are divided by the function's value at the start, so every task starts near 1.
   """
-  if function not in FUNCTIONS:
-    raise ValueError(f"Unknown function '{function}'. Options: {', '.join(sorted(FUNCTIONS))}.")
-  if noise_std < 0:
-    raise ValueError(f"noise_std must be non-negative, got {noise_std}.")
+  function = arguments.choice("task_families.classic_2d.function", function, sorted(FUNCTIONS))
+  noise_std = arguments.real("task_families.classic_2d.noise_std", noise_std, minimum=0.0)
   fn, (low, high) = FUNCTIONS[function]
 
   def sample(key: PRNGKey) -> PyTree:

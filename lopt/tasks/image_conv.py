@@ -9,10 +9,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lopt import arguments
 from lopt.registry import register
 from lopt.tasks import data
 from lopt.tasks.base import TaskFamily
-from lopt.tasks.model_family import (check_activation, classification_accuracy, classification_loss,
+from lopt.tasks.model_family import (ACTIVATIONS, check_activation, classification_accuracy, classification_loss,
                                       model_family)
 
 
@@ -46,10 +47,10 @@ def image_conv(*, channels: Sequence[int] = (8, 16), dataset: str = "digits", ba
   Returns:
     A family whose ``cfg`` is ``{"init_scale": scalar}``; the normaliser is ``log(num_classes)``.
   """
-  act = check_activation(activation)
-  channels = tuple(int(c) for c in channels)
-  if not channels or batch_size < 1:
-    raise ValueError(f"Need at least one conv layer and batch_size >= 1, got {channels} and {batch_size}.")
+  owner = "task_families.image_conv"
+  channels = arguments.integers(f"{owner}.channels", channels, minimum=1, allow_empty=False)
+  batch_size = arguments.integer(f"{owner}.batch_size", batch_size, minimum=1)
+  act = check_activation(arguments.choice(f"{owner}.activation", activation, sorted(ACTIVATIONS)))
   shape = data.image_shape(dataset)
   splits = data.load(dataset, data_dir)
   classes = data.num_classes(splits)

@@ -8,10 +8,11 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 
+from lopt import arguments
 from lopt.registry import register
 from lopt.tasks import data
 from lopt.tasks.base import TaskFamily
-from lopt.tasks.model_family import (check_activation, classification_accuracy, classification_loss,
+from lopt.tasks.model_family import (ACTIVATIONS, check_activation, classification_accuracy, classification_loss,
                                       model_family)
 
 
@@ -54,10 +55,10 @@ def image_mlp(*, hidden_sizes: Sequence[int] = (32,), dataset: str = "digits", b
   Raises:
     ValueError: for an unknown data set or activation.
   """
-  act = check_activation(activation)
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be positive, got {batch_size}.")
-  hidden_sizes = tuple(int(size) for size in hidden_sizes)
+  owner = "task_families.image_mlp"
+  hidden_sizes = arguments.integers(f"{owner}.hidden_sizes", hidden_sizes, minimum=1)
+  batch_size = arguments.integer(f"{owner}.batch_size", batch_size, minimum=1)
+  act = check_activation(arguments.choice(f"{owner}.activation", activation, sorted(ACTIVATIONS)))
   splits = data.load(dataset, data_dir)
   classes = data.num_classes(splits)
 

@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from lopt import arguments
 from lopt.registry import register
 from lopt.tasks.base import SPLITS, Task, TaskFamily
 from lopt.types import PRNGKey, PyTree
@@ -38,12 +39,11 @@ def quadratic(dim: int = 10, *, min_scale: float = 0.1, max_scale: float = 10.0,
   Returns:
     A family whose ``cfg`` is ``{"scales": [dim], "center": [dim]}`` and whose params are ``{"x": [dim]}``.
   """
-  if dim < 1:
-    raise ValueError(f"dim must be positive, got {dim}.")
-  if not 0 < min_scale <= max_scale:
-    raise ValueError(f"Need 0 < min_scale <= max_scale, got {min_scale} and {max_scale}.")
-  if noise_std < 0:
-    raise ValueError(f"noise_std must be non-negative, got {noise_std}.")
+  owner = "task_families.quadratic"
+  dim = arguments.integer(f"{owner}.dim", dim, minimum=1)
+  min_scale = arguments.real(f"{owner}.min_scale", min_scale, minimum=0.0, open_minimum=True)
+  max_scale = arguments.real(f"{owner}.max_scale", max_scale, minimum=min_scale)
+  noise_std = arguments.real(f"{owner}.noise_std", noise_std, minimum=0.0)
 
   def sample(key: PRNGKey) -> PyTree:
     scale_key, center_key = jax.random.split(key)

@@ -12,15 +12,16 @@ seed; variety within a structure comes from each family's own sampled ``cfg``.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
+from lopt import arguments
 from lopt.registry import register
 from lopt.tasks import augment
 from lopt.tasks.autoencoder import autoencoder
-from lopt.tasks.base import TaskFamily, TaskSampler
+from lopt.tasks.base import TaskFamily, TaskSampler, check_family
 from lopt.tasks.char_rnn import char_rnn
 from lopt.tasks.classic_2d import FUNCTIONS, classic_2d
 from lopt.tasks.image_conv import image_conv
@@ -40,6 +41,7 @@ def fixed(task_family: TaskFamily) -> TaskSampler:
   Returns:
     A sampler whose ``families`` is ``(task_family,)``.
   """
+  task_family = check_family("task_samplers.fixed.task_family", task_family)
 
   def sample(key: PRNGKey) -> TaskFamily:
     del key  # Nothing to choose.
@@ -73,15 +75,22 @@ def mixture(task_families: Sequence[TaskFamily], weights: Sequence[float] | None
   Raises:
     ValueError: for no families, duplicate family names, or weights that are not positive or do not match.
   """
-  families = tuple(task_families)
+  owner = "task_samplers.mixture"
+  if isinstance(task_families, (str, bytes)) or not isinstance(task_families, Sequence):
+    raise arguments.ArgumentError(f"{owner}.task_families", "must be a list of task families, e.g. "
+                                  f"[@task_families.quadratic(), @task_families.image_mlp()], got {task_families!r}.")
+  families = tuple(check_family(f"{owner}.task_families[{i}]", f) for i, f in enumerate(task_families))
   if not families:
-    raise ValueError("mixture needs at least one task family.")
+    raise arguments.ArgumentError(f"{owner}.task_families", "must hold at least one task family.")
   names = [f.name for f in families]
   if len(set(names)) != len(names):
     raise ValueError(f"mixture needs distinct family names (they key compiled code), got {names}.")
+  if weights is not None:
+    weights = arguments.reals(f"{owner}.weights", weights, minimum=0.0, open_minimum=True)
+    if len(weights) != len(families):
+      raise arguments.ArgumentError(f"{owner}.weights", f"must hold one weight per family ({len(families)}), "
+                                    f"got {len(weights)}.")
   weights = np.ones(len(families)) if weights is None else np.asarray(weights, np.float64)
-  if weights.shape != (len(families),) or np.any(weights <= 0):
-    raise ValueError(f"Need one positive weight per family ({len(families)}), got {weights.tolist()}.")
   summary = ", ".join(f"{n}:{w:g}" for n, w in zip(names, weights))
   return TaskSampler(name=f"mixture({summary})", families=families, sample=_chooser(families, weights))
 
@@ -96,45 +105,109 @@ MLP_DATA_SETS: tuple[str, ...] = ("digits", "wine", "breast_cancer")
 AUGMENTATIONS: tuple[str, ...] = ("none", "none", "reparametrize", "reduced_batch", "bfloat16")
 
 
+class Structure(NamedTuple):
+  """What makes two drawn tasks different programs: the unit ``parametric`` counts and deduplicates.
+
+  Attributes:
+    architecture: the kind of task, with its cell or attention heads where it has them (``"char_rnn_lstm"``).
+    widths: layer widths (or the quadratic's dimension); their number is the depth.
+    activation: the networks' activation; None where the kind has none to choose.
+    data: data set, corpus or test function; for quadratics the curvature range and noise (their "data").
+    batch_size: examples per batch as trained (after ``reduced_batch``); None for batch-free kinds.
+  """
+
+  architecture: str
+  widths: tuple[int, ...]
+  activation: str | None
+  data: str | None
+  batch_size: int | None
+
+
 def draw_structure(rng: np.random.Generator, kinds: Sequence[str] = KINDS,
-                   augment_probability: float = 0.3) -> TaskFamily:
-  """Builds one random task family: kind, then its sizes, activation, data set, batch size, augmentation."""
+                   augment_probability: float = 0.3) -> tuple[Structure, Callable[[], TaskFamily]]:
+  """Draws one random task structure: kind, then its sizes, activation, data set, batch size, augmentation.
+
+  Returns:
+    The structure and a function building its family (building loads data, so only kept structures are built).
+  """
   kind = kinds[rng.integers(len(kinds))]
   pick = lambda options: options[rng.integers(len(options))]
   depth = int(rng.integers(1, 3))
   widths = tuple(int(pick(WIDTHS)) for _ in range(depth))
   batch_size = int(pick(BATCH_SIZES))
+  activation = str(pick(ACTIVATION_CHOICES))
   if kind == "quadratic":
-    family = quadratic(int(pick((4, 8, 16, 32))), min_scale=float(pick((1e-3, 1e-2, 0.1))),
-                       max_scale=float(pick((1.0, 10.0, 100.0))), noise_std=float(pick((0.0, 0.0, 0.1, 0.5))))
+    dim, low, high = int(pick((4, 8, 16, 32))), float(pick((1e-3, 1e-2, 0.1))), float(pick((1.0, 10.0, 100.0)))
+    noise = float(pick((0.0, 0.0, 0.1, 0.5)))
+    structure = Structure(kind, (dim,), None, f"scales{low:g}-{high:g},noise{noise:g}", None)
+    build = lambda: quadratic(dim, min_scale=low, max_scale=high, noise_std=noise)
   elif kind == "classic_2d":
-    family = classic_2d(pick(sorted(FUNCTIONS)), noise_std=float(pick((0.0, 0.0, 0.01))))
+    function, noise = str(pick(sorted(FUNCTIONS))), float(pick((0.0, 0.0, 0.01)))
+    structure = Structure(kind, (), None, f"{function},noise{noise:g}", None)
+    build = lambda: classic_2d(function, noise_std=noise)
   elif kind == "image_mlp":
-    family = image_mlp(hidden_sizes=widths, dataset=pick(MLP_DATA_SETS), batch_size=batch_size,
-                       activation=pick(ACTIVATION_CHOICES))
+    dataset = str(pick(MLP_DATA_SETS))
+    structure = Structure(kind, widths, activation, dataset, batch_size)
+    build = lambda: image_mlp(hidden_sizes=widths, dataset=dataset, batch_size=batch_size, activation=activation)
   elif kind == "image_conv":
-    family = image_conv(channels=tuple(min(w, 16) for w in widths), batch_size=batch_size,
-                        activation=pick(ACTIVATION_CHOICES))
+    channels = tuple(min(w, 16) for w in widths)
+    structure = Structure(kind, channels, activation, "digits", batch_size)
+    build = lambda: image_conv(channels=channels, batch_size=batch_size, activation=activation)
   elif kind == "autoencoder":
-    family = autoencoder(hidden_sizes=tuple(sorted(widths, reverse=True)), batch_size=batch_size,
-                         activation=pick(ACTIVATION_CHOICES))
+    sizes = tuple(sorted(widths, reverse=True))
+    structure = Structure(kind, sizes, activation, "digits", batch_size)
+    build = lambda: autoencoder(hidden_sizes=sizes, batch_size=batch_size, activation=activation)
   elif kind == "char_rnn":
-    family = char_rnn(cell=pick(("gru", "lstm")), hidden_size=int(pick(WIDTHS)), seq_len=int(pick((8, 16))),
-                      batch_size=int(pick((4, 8, 16))))
+    cell, hidden, seq_len, batch_size = str(pick(("gru", "lstm"))), int(pick(WIDTHS)), int(pick((8, 16))), \
+        int(pick((4, 8, 16)))
+    structure = Structure(f"{kind}_{cell}", (hidden,), None, "grammar", batch_size)
+    build = lambda: char_rnn(cell=cell, hidden_size=hidden, seq_len=seq_len, batch_size=batch_size)
   elif kind == "transformer_lm":
-    family = transformer_lm(width=int(pick((16, 32))), depth=depth, num_heads=int(pick((1, 2))),
-                            seq_len=int(pick((8, 16))), batch_size=int(pick((4, 8, 16))))
+    width, heads, seq_len, batch_size = int(pick((16, 32))), int(pick((1, 2))), int(pick((8, 16))), \
+        int(pick((4, 8, 16)))
+    structure = Structure(f"{kind}_h{heads}", (width,) * depth, None, "grammar", batch_size)
+    build = lambda: transformer_lm(width=width, depth=depth, num_heads=heads, seq_len=seq_len,
+                                   batch_size=batch_size)
   else:
     raise ValueError(f"Unknown task kind '{kind}'. Kinds: {', '.join(KINDS)}.")
   if rng.random() < augment_probability:
     choice = pick(AUGMENTATIONS[2:])
+    base = build
     if choice == "reparametrize":
-      family = augment.reparametrize(family)
+      build = lambda: augment.reparametrize(base())
     elif choice == "bfloat16":
-      family = augment.bfloat16(family)
+      build = lambda: augment.bfloat16(base())
     elif kind not in ("quadratic", "classic_2d"):  # reduced_batch needs a leading batch axis.
-      family = augment.reduced_batch(family, batch_size=max(2, batch_size // 4))
-  return family
+      reduced = max(2, structure.batch_size // 4)
+      structure = structure._replace(batch_size=reduced)
+      build = lambda: augment.reduced_batch(base(), batch_size=reduced)
+  return structure, build
+
+
+# Draws per requested structure before ``parametric`` gives up on finding new ones (a small space of kinds).
+MAX_DRAWS_PER_STRUCTURE = 50
+
+
+def draw_pool(num_structures: int, seed: int, kinds: Sequence[str] = KINDS, augment_probability: float = 0.3
+              ) -> list[tuple[Structure, Callable[[], TaskFamily]]]:
+  """``num_structures`` distinct structures drawn deterministically from ``seed`` (repeats are redrawn).
+
+  Raises:
+    ArgumentError: when the kinds allow fewer distinct structures than asked for.
+  """
+  rng = np.random.default_rng(seed)
+  pool: dict[Structure, Callable[[], TaskFamily]] = {}
+  for _ in range(MAX_DRAWS_PER_STRUCTURE * num_structures):
+    if len(pool) == num_structures:
+      break
+    structure, build = draw_structure(rng, tuple(kinds), augment_probability)
+    pool.setdefault(structure, build)
+  if len(pool) < num_structures:
+    raise arguments.ArgumentError("task_samplers.parametric.num_structures", f"only {len(pool)} distinct "
+                                  f"structures of kinds {', '.join(kinds)} were found in "
+                                  f"{MAX_DRAWS_PER_STRUCTURE * num_structures} draws, {num_structures} asked for; "
+                                  "ask for fewer or allow more kinds.")
+  return list(pool.items())
 
 
 @register("task_sampler", "parametric")
@@ -142,9 +215,10 @@ def parametric(*, num_structures: int = 16, seed: int = 0, kinds: Sequence[str] 
                augment_probability: float = 0.3) -> TaskSampler:
   """Uniform over a pool of ``num_structures`` randomly drawn task structures.
 
-  The pool is drawn once, deterministically from ``seed`` (each structure is built once; duplicates are dropped,
-  so the pool may be slightly smaller). ``sample(key)`` picks a member uniformly; the picked family's ``sample``
-  then draws the task's continuous configuration (initial scale, curvatures, starting point, ...).
+  The pool is drawn once, deterministically from ``seed``: ``num_structures`` distinct ``Structure``s (a repeat
+  is redrawn), each built once. ``sample(key)`` picks a member uniformly; the picked family's ``sample`` then draws
+  the task's continuous configuration (initial scale, curvatures, starting point, ...), which is variety within a
+  structure, not a structure of its own.
 
   Args:
     num_structures: how many structures to draw (the number of compiled programs a run may need).
@@ -155,16 +229,15 @@ def parametric(*, num_structures: int = 16, seed: int = 0, kinds: Sequence[str] 
   Returns:
     A sampler whose ``families`` is the pool.
   """
-  if num_structures < 1:
-    raise ValueError(f"num_structures must be positive, got {num_structures}.")
-  unknown = sorted(set(kinds) - set(KINDS))
-  if unknown or not kinds:
-    raise ValueError(f"Unknown or no task kinds {unknown}; kinds: {', '.join(KINDS)}.")
-  rng = np.random.default_rng(seed)
-  pool: dict[str, TaskFamily] = {}
-  for _ in range(num_structures):
-    family = draw_structure(rng, tuple(kinds), augment_probability)
-    pool.setdefault(family.name, family)
-  families = tuple(pool.values())
+  owner = "task_samplers.parametric"
+  num_structures = arguments.integer(f"{owner}.num_structures", num_structures, minimum=1)
+  seed = arguments.integer(f"{owner}.seed", seed, minimum=0)
+  augment_probability = arguments.real(f"{owner}.augment_probability", augment_probability, minimum=0.0,
+                                       maximum=1.0)
+  if isinstance(kinds, str) or not isinstance(kinds, Sequence) or not kinds:
+    raise arguments.ArgumentError(f"{owner}.kinds", f"must be a non-empty tuple of task kinds ({', '.join(KINDS)}), "
+                                  f"got {kinds!r}.")
+  kinds = tuple(arguments.choice(f"{owner}.kinds[{i}]", kind, KINDS) for i, kind in enumerate(kinds))
+  families = tuple(build() for _, build in draw_pool(num_structures, seed, kinds, augment_probability))
   return TaskSampler(name=f"parametric(n={len(families)},seed={seed})", families=families,
                      sample=_chooser(families, np.ones(len(families))))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from lopt import arguments
 from lopt.registry import register
 from lopt.tasks import text
 from lopt.tasks.base import TaskFamily
@@ -51,8 +52,14 @@ def transformer_lm(*, width: int = 32, depth: int = 1, num_heads: int = 2, seq_l
   Returns:
     A family whose ``cfg`` is ``{"init_scale": scalar}``; the normaliser is ``log(vocab_size)``.
   """
-  if width % num_heads or min(width, depth, num_heads, seq_len, batch_size) < 1:
-    raise ValueError(f"Need positive sizes and width divisible by num_heads, got {width} and {num_heads}.")
+  owner = "task_families.transformer_lm"
+  width = arguments.integer(f"{owner}.width", width, minimum=1)
+  depth = arguments.integer(f"{owner}.depth", depth, minimum=1)
+  num_heads = arguments.integer(f"{owner}.num_heads", num_heads, minimum=1)
+  seq_len = arguments.integer(f"{owner}.seq_len", seq_len, minimum=1)
+  batch_size = arguments.integer(f"{owner}.batch_size", batch_size, minimum=1)
+  if width % num_heads:
+    raise arguments.ArgumentError(f"{owner}.width", f"must be divisible by num_heads ({num_heads}), got {width}.")
   corpus_data = text.load_text(corpus, text_file)
   vocab_size = len(corpus_data.vocab)
   model = TransformerLM(vocab_size=vocab_size, width=width, depth=depth, num_heads=num_heads, max_len=seq_len)
