@@ -103,11 +103,13 @@ def test_defaults_are_valid():
 
 def test_meta_train_argument_checks_name_the_binding():
   good = dict(num_outer_steps=10, seed=0, log_every=1, checkpoint_every=5, keep_checkpoints=2, meta_eval=None,
-              meta_eval_every=0, handle_signals=True, num_devices=None, wandb_mode="offline")
+              meta_eval_every=0, handle_signals=True, num_devices=None, wandb_mode="offline",
+              trust_unverified_checkpoints=False, max_fully_masked_steps=20, reevaluate=False)
   outer_loop._check_arguments(**good)
   for param, bad in [("num_outer_steps", -1), ("num_outer_steps", "ten"), ("num_outer_steps", 1e3), ("seed", -1),
                      ("log_every", 0), ("checkpoint_every", 0), ("keep_checkpoints", 0), ("meta_eval_every", -1),
-                     ("handle_signals", 1), ("num_devices", 0), ("wandb_mode", "cloud")]:
+                     ("handle_signals", 1), ("num_devices", 0), ("wandb_mode", "cloud"),
+                     ("trust_unverified_checkpoints", "yes"), ("max_fully_masked_steps", -1), ("reevaluate", 2)]:
     with pytest.raises(ValueError, match=rf"^meta_train\.{param}: [^\n]+$"):
       outer_loop._check_arguments(**{**good, param: bad})
   with pytest.raises(ValueError, match=r"write it as 1000"):
