@@ -73,6 +73,7 @@ serialization.register_serialization_state(ESState, _state_dict, _from_state_dic
 @register("estimator", "es")
 def es(*, num_tasks: int = 8, num_pairs: int = 1, truncation_length: int = 10, horizon: int = 200,
        std: float = 0.01, full_horizon: bool = False, stagger: bool = True, meta_loss_split: str = "train",
+       valid_every: int = 10,
        objective: str = "mean", schedule: str = "constant", min_horizon: int | None = None,
        max_loss: float = 1e3, loss_clip: float | None = 10.0, diff_clip: float | None = None) -> GradientEstimator:
   """Antithetic ES over one truncation (biased, cheap) or the full horizon (unbiased, one full unroll).
@@ -86,6 +87,8 @@ def es(*, num_tasks: int = 8, num_pairs: int = 1, truncation_length: int = 10, h
     full_horizon: unroll fresh tasks over the whole horizon instead of one truncation.
     stagger: start the first episodes at different points (truncated mode).
     meta_loss_split: ``"train"`` or ``"outer_valid"``.
+    valid_every: inner steps between outer-validation losses fed as ``valid_loss=`` to architectures that read
+      it (``per_tensor``); 0: never.
     objective: ``"mean"`` or ``"final"``.
     schedule: ``"constant"``, ``"log_uniform"`` or ``"never_ending"`` (only ``"constant"`` with full_horizon).
     min_horizon: shortest episode of ``"log_uniform"``.
@@ -95,7 +98,8 @@ def es(*, num_tasks: int = 8, num_pairs: int = 1, truncation_length: int = 10, h
   """
   settings = Truncation(num_tasks=num_tasks, truncation_length=truncation_length, horizon=horizon,
                         schedule=schedule, min_horizon=min_horizon, stagger=stagger, objective=objective,
-                        meta_loss_split=meta_loss_split, max_loss=max_loss, owner="estimators.es")
+                        meta_loss_split=meta_loss_split, max_loss=max_loss, valid_every=valid_every,
+                        owner="estimators.es")
   perturbation = antithetic.Perturbation(std=std, loss_clip=loss_clip, diff_clip=diff_clip, owner="estimators.es")
   num_pairs = arguments.integer("estimators.es.num_pairs", num_pairs, minimum=1)
   full_horizon = arguments.boolean("estimators.es.full_horizon", full_horizon)

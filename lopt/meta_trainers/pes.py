@@ -33,7 +33,7 @@ class PESState(NamedTuple):
 
 @register("estimator", "pes")
 def pes(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200, std: float = 0.01,
-        stagger: bool = True, meta_loss_split: str = "train", max_loss: float = 1e3,
+        stagger: bool = True, meta_loss_split: str = "train", valid_every: int = 10, max_loss: float = 1e3,
         loss_clip: float | None = 10.0, objective: str = "mean", schedule: str = "constant",
         min_horizon: int | None = None, diff_clip: float | None = None) -> GradientEstimator:
   """Antithetic Persistent Evolution Strategies over truncated unrolls (unbiased for the full horizon).
@@ -45,6 +45,8 @@ def pes(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200, 
     std: standard deviation of the perturbations of theta.
     stagger: start the first episodes at different points so that tasks do not all reset together.
     meta_loss_split: data split scoring each inner step (``"train"`` or ``"outer_valid"``).
+    valid_every: inner steps between outer-validation losses fed as ``valid_loss=`` to architectures that read
+      it (``per_tensor``); 0: never.
     max_loss: a task whose normalised loss exceeds this (or is not finite) is masked out and restarted.
     loss_clip: each step's normalised loss is clipped to this before averaging.
     objective: ``"mean"`` or ``"final"`` (see ``objectives``).
@@ -54,7 +56,8 @@ def pes(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200, 
   """
   settings = Truncation(num_tasks=num_tasks, truncation_length=truncation_length, horizon=horizon,
                         schedule=schedule, min_horizon=min_horizon, stagger=stagger, objective=objective,
-                        meta_loss_split=meta_loss_split, max_loss=max_loss, owner="estimators.pes")
+                        meta_loss_split=meta_loss_split, max_loss=max_loss, valid_every=valid_every,
+                        owner="estimators.pes")
   perturbation = antithetic.Perturbation(std=std, loss_clip=loss_clip, diff_clip=diff_clip, owner="estimators.pes")
   episodes = settings.episodes
   n = settings.num_tasks

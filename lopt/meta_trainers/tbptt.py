@@ -27,7 +27,7 @@ from lopt.types import MetaParams, PRNGKey
 
 @register("estimator", "tbptt")
 def tbptt(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200, stagger: bool = True,
-          meta_loss_split: str = "train", objective: str = "mean", schedule: str = "constant",
+          meta_loss_split: str = "train", valid_every: int = 10, objective: str = "mean", schedule: str = "constant",
           min_horizon: int | None = None, max_loss: float = 1e3, remat: bool = False,
           first_order: bool = False) -> GradientEstimator:
   """Truncated backprop through time over K-step truncations (biased to short horizons; remat saves memory).
@@ -38,6 +38,8 @@ def tbptt(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200
     horizon: inner steps per episode, rounded up to a multiple of K.
     stagger: start the first episodes at different points.
     meta_loss_split: ``"train"`` or ``"outer_valid"``.
+    valid_every: inner steps between outer-validation losses fed as ``valid_loss=`` to architectures that read
+      it (``per_tensor``); 0: never.
     objective: ``"mean"`` or ``"final"``.
     schedule: ``"constant"``, ``"log_uniform"`` or ``"never_ending"``.
     min_horizon: shortest episode of ``"log_uniform"``.
@@ -47,7 +49,8 @@ def tbptt(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200
   """
   settings = Truncation(num_tasks=num_tasks, truncation_length=truncation_length, horizon=horizon,
                         schedule=schedule, min_horizon=min_horizon, stagger=stagger, objective=objective,
-                        meta_loss_split=meta_loss_split, max_loss=max_loss, owner="estimators.tbptt")
+                        meta_loss_split=meta_loss_split, max_loss=max_loss, valid_every=valid_every,
+                        owner="estimators.tbptt")
   remat = arguments.boolean("estimators.tbptt.remat", remat)
   first_order = arguments.boolean("estimators.tbptt.first_order", first_order)
   episodes = settings.episodes
