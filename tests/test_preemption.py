@@ -43,7 +43,10 @@ def _wait_for(predicate, proc, timeout=180.0):
   return False
 
 
-@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+# PES in the default run; TBPTT (whose state is the same checkpointed TaskState batch, restored by the same code)
+# only with -m slow: each case starts two real processes that compile from scratch.
+@pytest.mark.parametrize("estimator", [pytest.param(e, marks=[pytest.mark.slow] if e != "pes" else [])
+                                       for e in sorted(ESTIMATORS)])
 def test_kill_9_and_resume_is_bit_identical(tmp_path, estimator):
   num_steps = 120
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
