@@ -19,8 +19,10 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory; default <work
 _SUITE = flags.DEFINE_enum("suite", "default", lopt.registry.names("eval_suite"), "Evaluation suite (registry kind "
                            "eval_suite, lopt/evaluation/suites.py).")
 _BASELINES = flags.DEFINE_list("baselines", None, "Baselines to run; default all (lopt/evaluation/tuned_baselines.py).")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 200, "Inner steps of the learned optimizer per task.", lower_bound=2)
-_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 4, "Tasks (seeds) per suite entry.", lower_bound=1)
+_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Inner steps of the learned optimizer per task; default the "
+                                   "suite's (heldout: 1000) or 200.", lower_bound=2)
+_NUM_SEEDS = flags.DEFINE_integer("num_seeds", None, "Tasks (seeds) per suite entry; default the suite's (heldout: 3) "
+                                  "or 4.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Selects the held-out tasks.", lower_bound=0)
 _FACTOR = flags.DEFINE_integer("baseline_steps_factor", 2, "Baselines train this many times longer.", lower_bound=1)
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", None, "Steps between test losses; default num_steps // 10.",

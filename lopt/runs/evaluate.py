@@ -19,6 +19,8 @@ from lopt.runs import trained
 from lopt.workdir import Workdir
 
 TENSORBOARD_CHOICES = {"auto": None, "on": True, "off": False}
+DEFAULT_NUM_STEPS = 200
+DEFAULT_NUM_SEEDS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +33,8 @@ class Evaluation:
 
 
 def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: str | None = None,
-                     suite: str = "default", baselines: Sequence[str] | None = None, num_steps: int = 200,
-                     num_seeds: int = 4, seed: int = 0, baseline_steps_factor: int = 2,
+                     suite: str = "default", baselines: Sequence[str] | None = None, num_steps: int | None = None,
+                     num_seeds: int | None = None, seed: int = 0, baseline_steps_factor: int = 2,
                      eval_every: int | None = None, fast_compile: bool = False, wandb_mode: str = "offline",
                      tensorboard: str = "auto", printer: Callable[[str], None] = print) -> Evaluation:
   """Scores the trained optimizer of ``workdir`` (or only the baselines) on ``suite``; see the module docstring.
@@ -43,8 +45,8 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
     out_dir: where the report goes; default ``<workdir>/evaluation``.
     suite: a registered ``eval_suite``.
     baselines: names of ``tuned_baselines.default_baselines`` to run; default all.
-    num_steps: inner steps of the learned optimizer per task.
-    num_seeds: tasks (seeds) per suite entry.
+    num_steps: inner steps of the learned optimizer per task; default the suite's (``suites.SUITE_SETTINGS``) or 200.
+    num_seeds: tasks (seeds) per suite entry; default the suite's or 4.
     seed: selects the held-out tasks.
     baseline_steps_factor: baselines train this many times longer (speed-ups up to it can be measured).
     eval_every: steps between test losses; default ``num_steps // 10``.
@@ -62,6 +64,9 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
     raise ValueError(f"tensorboard must be one of {', '.join(TENSORBOARD_CHOICES)}, got {tensorboard!r}.")
   learned = trained.load(workdir, step=step) if workdir else None
   chosen_suite = suites.get_suite(suite)
+  settings = suites.SUITE_SETTINGS.get(suite, {})
+  num_steps = num_steps or settings.get("num_steps", DEFAULT_NUM_STEPS)
+  num_seeds = num_seeds or settings.get("num_seeds", DEFAULT_NUM_SEEDS)
   chosen_baselines = tuned_baselines.default_baselines(names=baselines)
   out_dir = out_dir or Workdir(workdir).evaluation
   checkpoints.ensure_writable_dir(out_dir)
