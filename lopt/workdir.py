@@ -7,6 +7,8 @@ else asks a ``Workdir`` for a path instead of spelling a file name.
     <root>/config.gin            operative gin config of the run (written once the config is checked)
     <root>/metrics.jsonl         one JSON object per logged step
     <root>/checkpoints/          checkpoint_<step>.msgpack + checksum sidecar checkpoint_<step>.json
+    <root>/best/                 the best theta so far by meta-evaluation (``meta_trainers.stability``), one
+                                 checkpoint in the same format
     <root>/final_evaluation.json the held-out comparison at the end of meta-training
     <root>/evaluation/           reports of ``experiments/evaluate.py``: evaluation.json, evaluation.md, curves_*.png
     <root>/wandb/, wandb_run_id  wandb's files and the id that a resumed run logs to again
@@ -22,6 +24,7 @@ import os
 CONFIG = "config.gin"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINTS = "best"
 FINAL_EVALUATION = "final_evaluation.json"
 EVALUATION = "evaluation"
 WANDB_RUN_ID = "wandb_run_id"
@@ -53,6 +56,10 @@ class Workdir:
   @property
   def checkpoints(self) -> str:
     return self._path(CHECKPOINTS)
+
+  @property
+  def best_checkpoints(self) -> str:
+    return self._path(BEST_CHECKPOINTS)
 
   @property
   def final_evaluation(self) -> str:

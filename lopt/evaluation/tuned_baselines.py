@@ -3,9 +3,10 @@
 Tuned baselines (Adam, RAdam, AdamW, SGD with momentum) wrap the ``lopt.architectures.baselines`` plugins and carry
 a learning-rate grid; Adam with cosine decay (``adam_cosine``) decays its peak learning rate to zero over the scored
 horizon, the fair comparison for a learned optimizer that knows its ``num_steps``. ``training.train_stacked``
-trains every baseline at every grid value in one compile, and the tuned value per task is chosen afterwards (``speedup.best_final``). Of ``optax.contrib``, the learning-rate-free Prodigy
-and D-Adaptation AdamW run at their defaults; schedule-free AdamW (free of a schedule, not of a step size) is tuned
-over Adam's grid and evaluated at its averaged iterate.
+trains every baseline at every grid value in one compile, and the tuned value per task is chosen afterwards
+(``speedup.best_final``). Of ``optax.contrib``, the learning-rate-free Prodigy and D-Adaptation AdamW run at their
+defaults; schedule-free AdamW (free of a schedule, not of a step size) is tuned over Adam's grid and evaluated at
+its averaged iterate.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from absl import logging
 from lopt import arguments, checkpoints, progress, writers
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import sharding
+from lopt.meta_trainers import stability as stability_lib
 from lopt.meta_trainers.estimator import GradientEstimator
 from lopt.meta_trainers.objectives import tree_finite
 from lopt.tasks.base import TaskFamily, TaskSampler
@@ -181,7 +182,8 @@ def _place(run: _Run, state: PyTree, estimator: GradientEstimator, num_devices: 
 
 def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_every: int, checkpoint_every: int,
           keep_checkpoints: int, meta_eval: Callable[..., Mapping[str, float]] | None, meta_eval_every: int,
-          handle_signals: bool, main_process: bool) -> tuple[int, dict[str, float], bool]:
+          handle_signals: bool, main_process: bool,
+          guard: stability_lib.Guard | None = None) -> tuple[int, dict[str, float], bool]:
   """Runs the outer steps from ``run.start_step``; returns ``(step reached, last metrics, interrupted)``."""
   pending: list[Mapping[str, jax.Array]] = []
   last_metrics: dict[str, float] = {}
@@ -211,12 +213,16 @@ def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_
         last_metrics.update(steps_per_sec=tracker.rate(), eta_sec=tracker.eta())
         writer.write_scalars(done, last_metrics)
         pending = []
+        if guard is not None:  # stability guard (stability.py): may roll theta back
+          run.theta, run.opt_state = guard.on_metrics(run.theta, run.opt_state, done, last_metrics)
       # Evaluations are local computations; only process 0 writes their results, so only it runs them.
       if (meta_eval is not None and meta_eval_every and main_process
           and (done % meta_eval_every == 0 or done == num_outer_steps)):
         scores = meta_eval(theta=sharding.to_host(run.theta), step=done, architecture=run.architecture,
                            task_sampler=run.task_sampler)
         writer.write_scalars(done, {f"meta_eval/{k}": float(v) for k, v in scores.items()})
+        if guard is not None:  # stability guard (stability.py): keeps the best theta, may roll back
+          run.theta, run.opt_state = guard.on_meta_eval(run.theta, run.opt_state, done, scores)
       if stop:
         save(done)
         logging.warning("Stopped at step %d; a checkpoint is written and the run resumes from it.", done)
@@ -251,7 +257,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
                config_text: str | None = None, final_evaluation: Callable[..., Any] | None = None,
                meta_eval: Callable[..., Mapping[str, float]] | None = None, meta_eval_every: int = 0,
                handle_signals: bool = True, num_devices: int | None = None,
-               writer_factory: WriterFactory | None = None) -> MetaTrainResult:
+               writer_factory: WriterFactory | None = None,
+               stability: stability_lib.StabilityGuard | None = None) -> MetaTrainResult:
   """Meta-trains ``architecture`` on tasks from ``task_sampler`` with ``estimator``.
 
   Args:
@@ -284,6 +291,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
     writer_factory: ``() -> MetricWriter`` called once on process 0 to build the run's writers; default
       ``writers.create_default_writers(workdir, wandb_mode=..., config_text=...)`` (console, JSONL, wandb,
       TensorBoard when installed). Tests pass their own.
+    stability: a ``stability.stability_guard()``: keeps the best theta by ``meta_eval`` (a ``best`` checkpoint),
+      rolls back and lowers the outer learning rate when the run climbs; the result's theta is the best one.
 
   Returns:
     A ``MetaTrainResult``.
@@ -294,8 +303,11 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
                    wandb_mode=wandb_mode)
   checkpoints.ensure_writable_dir(workdir)
   main_process = sharding.is_main_process()
+  meta_optimizer, guard = stability_lib.setup(stability, meta_optimizer or default_meta_optimizer(),
+                                              meta_eval=meta_eval, meta_eval_every=meta_eval_every,
+                                              workdir=workdir, main_process=main_process)
   run, state = _build(task_sampler=task_sampler, architecture=architecture, estimator=estimator,
-                      meta_optimizer=meta_optimizer or default_meta_optimizer(), seed=seed,
+                      meta_optimizer=meta_optimizer, seed=seed,
                       workdir=Workdir(workdir))
   state = _restore(run, state, main_process=main_process)
   _place(run, state, estimator, num_devices)
@@ -312,10 +324,10 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
     done, last_metrics, interrupted = _loop(
         run, num_outer_steps=num_outer_steps, writer=writer, log_every=log_every, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, meta_eval=meta_eval, meta_eval_every=meta_eval_every,
-        handle_signals=handle_signals, main_process=main_process)
+        handle_signals=handle_signals, main_process=main_process, guard=guard)
   finally:
     writer.close()
-  theta = sharding.to_host(run.theta)
+  theta = sharding.to_host(guard.final_theta(run.theta, run.opt_state) if guard else run.theta)
   if interrupted:
     return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, interrupted=True)
   evaluation = None

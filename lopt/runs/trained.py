@@ -75,8 +75,9 @@ def load(workdir: str, *, step: int | None = None) -> TrainedOptimizer:
 
   Args:
     workdir: holds ``config.gin`` and ``checkpoints/`` (``lopt.workdir``).
-    step: the checkpoint step to load; default the newest one whose checksum verifies (a truncated newest
-      checkpoint falls back to the previous one, with a warning naming it).
+    step: the checkpoint step to load; default the best theta (``best/``, written by a stability guard) when
+      present, else the newest checkpoint whose checksum verifies (a truncated newest checkpoint falls back to the
+      previous one, with a warning naming it).
 
   Returns:
     A ``TrainedOptimizer``.
@@ -94,6 +95,9 @@ def load(workdir: str, *, step: int | None = None) -> TrainedOptimizer:
   architecture = build_architecture(layout.config)
   with open(layout.config, encoding="utf-8") as f:
     config_text = f.read()
-  theta, step = load_theta(layout.checkpoints, architecture, step=step)
+  # A run with a stability guard keeps its best theta in best/: that is the run's artefact, unless a step is asked.
+  source = layout.best_checkpoints if step is None and checkpoints.latest_step(layout.best_checkpoints) is not None \
+      else layout.checkpoints
+  theta, step = load_theta(source, architecture, step=step)
   return TrainedOptimizer(architecture=architecture, theta=theta, step=int(step), workdir=workdir,
                           config_text=config_text)
