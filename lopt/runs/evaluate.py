@@ -13,6 +13,7 @@ import os
 from typing import Any, Callable, Sequence
 
 from lopt import checkpoints, writers
+from lopt import pretrained as lopt_pretrained
 from lopt.evaluation import report as report_lib
 from lopt.evaluation import scoring, suites, training, tuned_baselines
 from lopt.runs import trained
@@ -36,7 +37,8 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
                      suite: str = "default", baselines: Sequence[str] | None = None, num_steps: int | None = None,
                      num_seeds: int | None = None, seed: int = 0, baseline_steps_factor: int = 2,
                      eval_every: int | None = None, fast_compile: bool = False, wandb_mode: str = "offline",
-                     tensorboard: str = "auto", printer: Callable[[str], None] = print) -> Evaluation:
+                     tensorboard: str = "auto", printer: Callable[[str], None] = print,
+                     pretrained: str | None = None) -> Evaluation:
   """Scores the trained optimizer of ``workdir`` (or only the baselines) on ``suite``; see the module docstring.
 
   Args:
@@ -54,15 +56,21 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
     wandb_mode: of the evaluation's wandb run.
     tensorboard: ``"auto"`` (when the extra is installed), ``"on"`` or ``"off"``.
     printer: receives progress lines.
+    pretrained: a shipped optimizer (``lopt.pretrained.names()``) to evaluate instead of a workdir's; then
+      ``out_dir`` is needed.
 
   Returns:
     An ``Evaluation``.
   """
   if workdir is None and out_dir is None:
-    raise ValueError("Give a workdir (a meta_train run) and/or an out_dir (for a baselines-only evaluation).")
+    raise ValueError("Give a workdir (a meta_train run) and/or an out_dir (for a baselines-only or a pretrained "
+                     "evaluation).")
+  if workdir is not None and pretrained is not None:
+    raise ValueError("Give a workdir or a pretrained name, not both.")
   if tensorboard not in TENSORBOARD_CHOICES:
     raise ValueError(f"tensorboard must be one of {', '.join(TENSORBOARD_CHOICES)}, got {tensorboard!r}.")
   learned = trained.load(workdir, step=step) if workdir else None
+  shipped = lopt_pretrained.load(pretrained) if pretrained else None
   chosen_suite = suites.get_suite(suite)
   settings = suites.SUITE_SETTINGS.get(suite, {})
   num_steps = num_steps or settings.get("num_steps", DEFAULT_NUM_STEPS)
@@ -76,13 +84,16 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
                                           tensorboard=TENSORBOARD_CHOICES[tensorboard])
   try:
     name = f"{learned.architecture.name} (step {learned.step})" if learned else "learned"
-    printer(f"Evaluating {name if learned else 'baselines only'} on suite '{suite}' -> {out_dir}")
+    make = (lambda n: learned.optimizer(num_steps=n)) if learned else None
+    if shipped is not None:
+      name, make = f"pretrained {shipped.name}", (lambda n: shipped.optimizer(num_steps=n))
+    printer(f"Evaluating {name if make else 'baselines only'} on suite '{suite}' -> {out_dir}")
     report = scoring.evaluate_suite(
-        chosen_suite, baselines=chosen_baselines, learned_name=name,
-        learned=(lambda n: learned.optimizer(num_steps=n)) if learned else None, num_steps=num_steps,
+        chosen_suite, baselines=chosen_baselines, learned_name=name, learned=make, num_steps=num_steps,
         num_seeds=num_seeds, seed=seed, baseline_steps_factor=baseline_steps_factor, eval_every=eval_every,
         compiler_options=training.FAST_COMPILE if fast_compile else None, printer=printer)
-    report.update(suite=suite, workdir=workdir, checkpoint_step=learned.step if learned else None)
+    report.update(suite=suite, workdir=workdir, checkpoint_step=learned.step if learned else None,
+                  pretrained=pretrained)
     paths = report_lib.write_report(report, out_dir)
     report_lib.track_report(writer, report, paths, step=learned.step if learned else 0)
   finally:
