@@ -75,3 +75,15 @@ def test_theta_of_another_architecture_is_refused(shipped_copy, tmp_path):
   (other / "manifest.json").write_text(manifest)
   with pytest.raises(pretrained.PretrainedError, match="does not fit architecture ff"):
     pretrained.load("tiny", directory=str(other))
+
+
+def test_optimizer_can_be_built_inside_a_jitted_function():
+  params = {"w": np.ones((3, 2), np.float32)}
+
+  @jax.jit
+  def one_step(params):
+    tx = lopt.pretrained.optimizer(SHIPPED, num_steps=10)
+    updates, _ = tx.update(params, tx.init(params), params)
+    return updates
+
+  assert np.all(np.isfinite(np.asarray(one_step(params)["w"])))

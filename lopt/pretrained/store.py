@@ -91,7 +91,9 @@ def load(name: str, *, directory: str = PACKAGE_DIR) -> Pretrained:
     raise PretrainedError(f"The weights file of pretrained optimizer {name!r} is corrupt: {path} does not match the "
                           f"sha256 in {os.path.join(directory, MANIFEST)}; reinstall lopt.")
   architecture = registry.lookup("architecture", entry["architecture"])(**entry.get("kwargs", {}))
-  target = architecture.init(jax.random.key(0))
+  # Concrete values even when called inside a jit trace (e.g. an optimizer built in a jitted training function).
+  with jax.ensure_compile_time_eval():
+    target = jax.tree.map(np.asarray, architecture.init(jax.random.key(0)))
   try:
     raw = serialization.msgpack_restore(data)
     theta = serialization.from_state_dict(target, raw)
