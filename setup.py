@@ -20,6 +20,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["lopt", "lopt.*"]),
+    # The shipped meta-trained optimizers: weights and their manifest install with the package (no download).
+    package_data={"lopt.pretrained": ["manifest.json", "*.msgpack"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2",

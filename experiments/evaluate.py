@@ -1,6 +1,7 @@
 """Evaluates a meta-trained optimizer against tuned optax baselines on a suite of tasks (VeLO-style speed-ups).
 
   python experiments/evaluate.py --workdir=/tmp/lopt_quickstart
+  python experiments/evaluate.py --pretrained=ff_v1 --suite=heldout --out_dir=/tmp/lopt_ff_v1_heldout
 
 Writes evaluation.json, evaluation.md and PNG figures to --out_dir (default <workdir>/evaluation), logs the scalars
 and figures to metrics.jsonl, wandb (offline by default) and TensorBoard (when installed). docs/evaluation.md
@@ -17,12 +18,16 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default
                              "truncated or corrupt newer one is skipped, and the output says so).", lower_bound=0)
 _TRUST = flags.DEFINE_bool("trust_unverified_checkpoint", False, "Evaluate a checkpoint whose checksum sidecar "
                            "(checkpoint_<step>.json) is missing instead of refusing it.")
+_PRETRAINED = flags.DEFINE_string("pretrained", None, "A shipped optimizer (lopt.pretrained.names()) to evaluate "
+                                  "instead of --workdir; needs --out_dir.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory; default <workdir>/evaluation.")
 _SUITE = flags.DEFINE_enum("suite", "default", lopt.registry.names("eval_suite"), "Evaluation suite (registry kind "
                            "eval_suite, lopt/evaluation/suites.py).")
 _BASELINES = flags.DEFINE_list("baselines", None, "Baselines to run; default all (lopt/evaluation/tuned_baselines.py).")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 200, "Inner steps of the learned optimizer per task.", lower_bound=2)
-_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 4, "Tasks (seeds) per suite entry.", lower_bound=1)
+_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Inner steps of the learned optimizer per task; default the "
+                                   "suite's (heldout: 1000) or 200.", lower_bound=2)
+_NUM_SEEDS = flags.DEFINE_integer("num_seeds", None, "Tasks (seeds) per suite entry; default the suite's (heldout: 3) "
+                                  "or 4.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Selects the held-out tasks.", lower_bound=0)
 _FACTOR = flags.DEFINE_integer("baseline_steps_factor", 2, "Baselines train this many times longer.", lower_bound=1)
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", None, "Steps between test losses; default num_steps // 10.",
@@ -37,14 +42,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if _WORKDIR.value is None and _OUT_DIR.value is None:
-    raise app.UsageError("Give --workdir (a meta_train run) and/or --out_dir (for a baselines-only evaluation).")
+    raise app.UsageError("Give --workdir (a meta_train run) and/or --out_dir (for a baselines-only or --pretrained "
+                         "evaluation).")
+  if _WORKDIR.value is not None and _PRETRAINED.value is not None:
+    raise app.UsageError("Give --workdir or --pretrained, not both.")
   with runs.user_errors():
     runs.evaluate_workdir(_WORKDIR.value, step=_STEP.value, out_dir=_OUT_DIR.value, suite=_SUITE.value,
                           baselines=_BASELINES.value, num_steps=_NUM_STEPS.value, num_seeds=_NUM_SEEDS.value,
                           seed=_SEED.value, baseline_steps_factor=_FACTOR.value, eval_every=_EVAL_EVERY.value,
                           fast_compile=_FAST_COMPILE.value, wandb_mode=_WANDB_MODE.value,
                           tensorboard=_TENSORBOARD.value, trust_unverified=_TRUST.value,
-                          printer=lambda line: print(line, flush=True))
+                          printer=lambda line: print(line, flush=True), pretrained=_PRETRAINED.value)
 
 
 if __name__ == "__main__":

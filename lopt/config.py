@@ -25,13 +25,14 @@ import lopt.meta_trainers  # noqa: F401
 import lopt.tasks  # noqa: F401
 from lopt import registry
 from lopt.evaluation import hooks
-from lopt.meta_trainers import outer_loop
+from lopt.meta_trainers import outer_loop, stability
 
 EDGE_FUNCTIONS = {
     "meta_train": outer_loop.meta_train,
     "meta_optimizer": outer_loop.default_meta_optimizer,
     "heldout_comparison": hooks.heldout_comparison,
     "periodic_meta_eval": hooks.periodic_meta_eval,
+    "stability_guard": stability.stability_guard,
 }
 for _name, _fn in EDGE_FUNCTIONS.items():
   gin.register(_name)(_fn)

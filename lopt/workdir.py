@@ -9,6 +9,8 @@ else asks a ``Workdir`` for a path instead of spelling a file name.
     <root>/metrics.jsonl         one JSON object per logged step
     <root>/meta_train.log        the log of every ``meta_train_in_workdir`` call, with its full gin config
     <root>/checkpoints/          checkpoint_<step>.msgpack + checksum sidecar checkpoint_<step>.json
+    <root>/best/                 the best theta so far by meta-evaluation (``meta_trainers.stability``), one
+                                 checkpoint in the same format
     <root>/final_evaluation.json the held-out comparison at the end of meta-training
     <root>/evaluation/           reports of ``experiments/evaluate.py``: evaluation.json, evaluation.md, curves_*.png
     <root>/wandb/, wandb_run_id  wandb's files and the id that a resumed run logs to again
@@ -26,6 +28,7 @@ LOCK = "lock"
 METRICS = "metrics.jsonl"
 LOG = "meta_train.log"
 CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINTS = "best"
 FINAL_EVALUATION = "final_evaluation.json"
 EVALUATION = "evaluation"
 WANDB_RUN_ID = "wandb_run_id"
@@ -65,6 +68,10 @@ class Workdir:
   @property
   def checkpoints(self) -> str:
     return self._path(CHECKPOINTS)
+
+  @property
+  def best_checkpoints(self) -> str:
+    return self._path(BEST_CHECKPOINTS)
 
   @property
   def final_evaluation(self) -> str:

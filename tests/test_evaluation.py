@@ -137,7 +137,7 @@ def test_evaluate_two_tiny_tasks_end_to_end(trained_workdir, tmp_path):
   assert lines[0].startswith("[1/4] quadratic: ff_small, 2 seeds x 10 steps ...") and "ETA" in lines[1]
   assert set(report["tasks"]) == {"quadratic", "rosenbrock"}
   for task in report["tasks"].values():
-    assert set(task["optimizers"]) == {"ff_small", "adam", "radam", "adamw", "sgd_momentum", "prodigy",
+    assert set(task["optimizers"]) == {"ff_small", "adam", "adam_cosine", "radam", "adamw", "sgd_momentum", "prodigy",
                                        "dadapt_adamw", "schedule_free_adamw"}
     adam = task["optimizers"]["adam"]
     assert len(adam["train_curve"]) == 20 and adam["eval_steps"] == [0, 5, 10, 15, 20]

@@ -10,6 +10,9 @@ where ``nominal`` is a bias-corrected Adam direction (``ff``) or momentum over a
 step ``exp(log_step)``: meta-training starts from a working optimizer and learns corrections to it, instead of
 starting from the near-constant drift of a randomly initialised MLP.
 
+With ``normalize_update`` (Celo2, arXiv 2025) each tensor's update is divided by its RMS, so the step size alone sets
+how far a tensor moves.
+
 Inputs shared by a whole tensor (the progress embedding) enter the first layer as a bias rather than being
 broadcast to every parameter (see ``layers.apply_mlp``).
 
@@ -33,6 +36,7 @@ from lopt import arguments
 from lopt.architectures import chunking, features, layers
 from lopt.architectures.base import LearnedOptimizer, check_decay, check_step_arguments
 from lopt.architectures.small_mlp import apply_small_mlp
+from lopt.arguments import ArgumentError
 from lopt.registry import register
 from lopt.types import MetaParams, Params, PRNGKey
 
@@ -40,6 +44,8 @@ from lopt.types import MetaParams, Params, PRNGKey
 # minutes and gigabytes to compile: 464 (18-16-16-2) compiles in ~10 s, 1440 (18-32-32-2) ran out of 8 GB.
 ELEMENTWISE_MAX_MULTIPLIES = 512
 DEFAULT_HIDDEN_SIZES = (8, 8)
+# Keeps the per-tensor normalisation finite for an all-zero update (a zero gradient from the first step).
+NORMALIZE_EPS = 1e-12
 
 
 class FFState(NamedTuple):
@@ -66,7 +72,8 @@ def mlp_multiplies(sizes: Sequence[int]) -> int:
 def ff(*, hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES, decays: Sequence[float] = features.DEFAULT_DECAYS,
        rms_decay: float = 0.999, initial_step: float = 1e-3, magnitude_scale: float = 0.1,
        direction_scale: float = 0.1, output_init_scale: float = 1e-3, eps: float = 1e-8,
-       evaluation: str = "auto", chunk_size: int = chunking.DEFAULT_CHUNK_SIZE) -> LearnedOptimizer:
+       evaluation: str = "auto", chunk_size: int = chunking.DEFAULT_CHUNK_SIZE,
+       normalize_update: bool = False) -> LearnedOptimizer:
   """Per-parameter MLP over normalised parameter, gradient, momentum and progress features (Adam-initialised).
 
   Args:
@@ -80,6 +87,9 @@ def ff(*, hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES, decays: Sequence[f
     evaluation: ``"elementwise"`` (one fused loop, fast for small MLPs), ``"matmul"`` (chunked matrix
       multiplies) or ``"auto"``: elementwise up to ``ELEMENTWISE_MAX_MULTIPLIES`` multiply-adds per parameter.
     chunk_size: parameters per chunk of the matmul evaluation.
+    normalize_update: Celo2-style: divide each tensor's update direction by its root mean square before the step
+      size, so every tensor moves by ``exp(log_step)`` in RMS whatever the scale of its gradients or of the MLP's
+      outputs (a per-tensor trust region that keeps unusual tasks from blowing up).
   """
   owner = "architectures.ff"
   hidden_sizes = arguments.integers(f"{owner}.hidden_sizes", hidden_sizes, minimum=1)
@@ -90,6 +100,8 @@ def ff(*, hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES, decays: Sequence[f
       owner, initial_step, magnitude_scale, direction_scale, output_init_scale, eps)
   evaluation = arguments.choice(f"{owner}.evaluation", evaluation, ("auto", "elementwise", "matmul"))
   chunk_size = arguments.integer(f"{owner}.chunk_size", chunk_size, minimum=1)
+  if not isinstance(normalize_update, bool):
+    raise ArgumentError("architectures.ff.normalize_update", f"must be True or False, got {normalize_update!r}.")
   nominal_index = min(range(len(decays)), key=lambda i: abs(decays[i] - 0.9))
   num_per_param = features.num_per_parameter_features(len(decays))
   num_inputs = num_per_param + len(features.DEFAULT_TIMESCALES) + 2
@@ -135,13 +147,16 @@ def ff(*, hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES, decays: Sequence[f
           raw = features.per_parameter_features(p_, g_, momenta_, v_, eps)
           d, mag = mlp([x * scales[i] for i, x in enumerate(raw)])
           nominal = (momenta_[nominal_index] / nominal_correction) / (jnp.sqrt(v_ / rms_correction) + eps)
-          return -step_size * features.bounded_exp(magnitude_scale * mag) * (nominal + direction_scale * d)
+          return features.bounded_exp(magnitude_scale * mag) * (nominal + direction_scale * d)
 
         if evaluation == "elementwise":
           u = step(p, g, v, *momenta)
         else:
           (u,) = chunking.map_in_chunks(lambda xs: [step(*xs)], [p.astype(jnp.float32), g, v, *momenta],
                                         chunk_size=chunk_size)
+        if normalize_update:  # one reduction per tensor, after the fused elementwise loop
+          u = u * jax.lax.rsqrt(jnp.mean(jnp.square(u)) + NORMALIZE_EPS)
+        u = -step_size * u
         return u.astype(p.dtype), tuple(momenta), v
 
       treedef = jax.tree.structure(grads)

@@ -174,3 +174,27 @@ def read_image(path: str) -> np.ndarray:
   if image.dtype != np.uint8:
     image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
   return image[..., :3]
+
+
+def meta_training_curves(rows: list[Mapping[str, Any]], *, eval_metric: str = "meta_eval/mean/final_train_loss_vs_adam",
+                         path: str) -> str:
+  """Saves a two-panel figure of a run's ``metrics.jsonl`` rows: the meta-loss and the meta-eval ``eval_metric``
+  against the outer step (the best meta-eval so far dashed); returns ``path``."""
+  train = [(r["step"], r["meta_loss"]) for r in rows if "meta_loss" in r]
+  evals = [(r["step"], r[eval_metric]) for r in rows if eval_metric in r]
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+  if train:
+    axes[0].plot(*zip(*train), lw=1)
+  axes[0].set(xlabel="outer step", ylabel="meta-loss (normalised)", title="meta-training loss")
+  if evals:
+    steps, values = zip(*evals)
+    axes[1].plot(steps, values, "o-", lw=1, ms=3, label="meta-eval")
+    axes[1].plot(steps, np.minimum.accumulate(np.asarray(values, np.float64)), "--", lw=1, label="best so far")
+    axes[1].axhline(1.0, color="grey", lw=0.5)
+    axes[1].legend(fontsize=8)
+  axes[1].set(xlabel="outer step", ylabel=eval_metric.split("/", 1)[-1], title="held-out meta-eval")
+  fig.tight_layout()
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+  _shrink_png(path)
+  return path

@@ -33,6 +33,39 @@ def json_ready(value: Any) -> Any:
   return value
 
 
+# Marks a tuned baseline whose best learning rate is at an end of its grid (``tuned_baselines.edge_hit``).
+EDGE_MARK = " (edge)"
+
+
+def _edge(record: Mapping[str, Any], grid: list[float]) -> bool:
+  # Reports written before the "edge" field existed: recompute it from the grid.
+  if "edge" in record:
+    return bool(record["edge"])
+  return record["learning_rate"] in (grid[0], grid[-1])
+
+
+def _comparison(report: Mapping[str, Any]) -> list[str]:
+  """Per baseline, on how many tasks the learned optimizer's final training loss is lower; Adam at 1e-3 untuned."""
+  learned, tasks = report["learned"], report["tasks"]
+  if not learned:
+    return []
+
+  def lower(get):
+    wins = 0
+    for task in tasks.values():
+      mine, theirs = task["optimizers"][learned]["final_train_loss"], get(task)
+      wins += mine is not None and (theirs is None or mine < theirs)
+    return wins
+
+  rows = [f"{name}: {lower(lambda t, n=name: t['optimizers'][n]['final_train_loss'])}/{len(tasks)}"
+          for name in report["baselines"]]
+  if all("0.001" in t["optimizers"].get("adam", {}).get("grid", {}) for t in tasks.values()):
+    rows.append(f"adam at 1e-3 (untuned): {lower(lambda t: t['optimizers']['adam']['grid']['0.001'])}/{len(tasks)}")
+  diverged = sum(t["optimizers"][learned]["final_train_loss"] is None for t in tasks.values())
+  return ["", f"Tasks on which {learned} ends with a lower final training loss than each baseline: "
+          + ", ".join(rows) + f". It diverged on {diverged}/{len(tasks)} tasks."]
+
+
 def _optimizer_names(report: Mapping[str, Any]) -> list[str]:
   return ([report["learned"]] if report["learned"] else []) + list(report["baselines"])
 
@@ -45,7 +78,9 @@ def _table(report: Mapping[str, Any], metric: str, *, with_speedup: bool) -> str
   for task_name, task in report["tasks"].items():
     values = [task["optimizers"][n][metric] for n in names]
     best = min((v for v in values if v is not None), default=None)
-    cells = ["diverged" if v is None else (f"**{v:.4f}**" if v == best else f"{v:.4f}") for v in values]
+    edges = [EDGE_MARK if task["optimizers"][n].get("edge") else "" for n in names]
+    cells = ["diverged" + e if v is None else (f"**{v:.4f}**{e}" if v == best else f"{v:.4f}{e}")
+             for v, e in zip(values, edges)]
     if with_speedup:
       cells.append(task["speedup"]["label"] if "speedup" in task else "-")
     lines.append(f"| {task_name} | " + " | ".join(cells) + " |")
@@ -58,7 +93,8 @@ def format_markdown(report: Mapping[str, Any]) -> str:
   parts = [
       f"Tasks trained for {n} steps ({report['num_seeds']} seeds each; baselines for {m} steps). Losses are "
       f"normalised (about 1 at initialisation), means over seeds; lower is better, the best of each row in bold. "
-      f"Tuned baselines use, per task, the learning rate with the lowest final training loss.",
+      f"Tuned baselines use, per task, the learning rate with the lowest final training loss; (edge) marks a "
+      f"tuned value at an end of its grid (a wider grid might do better).",
       "",
       f"### Final training loss after {n} steps (trailing mean of {report['smoothing_window']} steps)",
       "",
@@ -79,9 +115,14 @@ def format_markdown(report: Mapping[str, Any]) -> str:
   for task_name, task in report["tasks"].items():
     cells = []
     for name in tuned:
-      lr, grid = task["optimizers"][name]["learning_rate"], report["baselines"][name]
-      cells.append(f"{lr:g}" + (" (edge)" if lr in (grid[0], grid[-1]) else ""))
+      record, grid = task["optimizers"][name], report["baselines"][name]
+      cells.append(f"{record['learning_rate']:g}" + (EDGE_MARK if _edge(record, grid) else ""))
     parts.append(f"| {task_name} | " + " | ".join(cells) + " |")
+  hits = {name: [t for t, task in report["tasks"].items() if _edge(task["optimizers"][name], report["baselines"][name])]
+          for name in tuned}
+  parts += ["", "Edge hits: " + (", ".join(f"{name} on {len(v)}/{len(report['tasks'])} ({', '.join(v)})"
+                                          for name, v in hits.items() if v) or "none") + "."]
+  parts += _comparison(report)
   summary = report.get("speedup_summary")
   if summary:
     parts += ["", f"Speed-up over tuned Adam across {len(report['tasks'])} tasks: geometric mean "

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from lopt.evaluation import speedup, training
+from lopt.evaluation import speedup, training, tuned_baselines
 from lopt.evaluation.report import json_floats, json_ready
 from lopt.evaluation.tuned_baselines import Baseline
 from lopt.progress import Progress
@@ -115,7 +115,9 @@ def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Basel
     points = training.eval_steps(baseline_steps, eval_every)
     baselines_what = f"{task_name}: {len(baselines)} baselines ({len(lanes)} runs x {num_seeds} seeds)"
     progress.starting(f"{baselines_what} x {baseline_steps} steps")
-    result = training.train_stacked(family, [b.make for b in baselines], lanes, task_key,
+    # A scheduled baseline decays over the scored horizon (num_steps), not the longer baseline budget.
+    makers = [(lambda lr, n, b=b: b.make(lr, num_steps)) if b.scheduled else b.make for b in baselines]
+    result = training.train_stacked(family, makers, lanes, task_key,
                                       num_steps=baseline_steps, eval_params=[b.eval_params for b in baselines],
                                       **common)
     first_lane = 0
@@ -129,6 +131,7 @@ def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Basel
       if baseline.tuned:
         grids[baseline.name] = curves
         record["learning_rate"] = baseline.learning_rates[best]
+        record["edge"] = tuned_baselines.edge_hit(baseline.learning_rates, baseline.learning_rates[best])
         record["grid"] = {f"{lr:g}": float(speedup.smooth(c[:num_steps], window)[-1])
                           for lr, c in zip(baseline.learning_rates, curves)}
       optimizers[baseline.name] = record
@@ -152,4 +155,6 @@ def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Basel
   }
   if speedups:
     report["speedup_summary"] = speedup.summarize(speedups)
+  report["edge_hits"] = {name: sorted(t for t, entry in tasks.items() if entry["optimizers"][name].get("edge"))
+                         for name in names if baselines[names.index(name)].tuned}
   return json_ready(report)

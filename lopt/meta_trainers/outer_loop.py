@@ -32,6 +32,7 @@ from absl import logging
 from lopt import arguments, checkpoints, locks, progress, writers
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import masking, run_safety, sharding
+from lopt.meta_trainers import stability as stability_lib
 from lopt.meta_trainers.estimator import GradientEstimator
 from lopt.meta_trainers.objectives import tree_finite
 from lopt.tasks.base import TaskFamily, TaskSampler
@@ -180,7 +181,8 @@ PROGRESS_WINDOW = 50
 
 def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_every: int, checkpoint_every: int,
           keep_checkpoints: int, meta_eval: Callable[..., Mapping[str, float]] | None, meta_eval_every: int,
-          handle_signals: bool, main_process: bool, max_fully_masked_steps: int) -> tuple[int, dict[str, float], bool]:
+          handle_signals: bool, main_process: bool, max_fully_masked_steps: int,
+          guard: stability_lib.Guard | None = None) -> tuple[int, dict[str, float], bool]:
   """Runs the outer steps from ``run.start_step``; returns ``(step reached, last metrics, interrupted)``."""
   pending = masking.MaskedSteps(run.slots, max_fully_masked_steps)
   last_metrics: dict[str, float] = {}
@@ -214,6 +216,8 @@ def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_
         last_metrics = masking.summarize(pending.take())
         last_metrics.update(steps_per_sec=tracker.rate(), eta_sec=tracker.eta())
         writer.write_scalars(done, last_metrics)
+        if guard is not None:  # stability guard (stability.py): may roll theta back
+          run.theta, run.opt_state = guard.on_metrics(run.theta, run.opt_state, done, last_metrics)
       if pending.error:
         raise pending.error
       # Evaluations are local computations; only process 0 writes their results, so only it runs them.
@@ -222,6 +226,8 @@ def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_
         scores = meta_eval(theta=sharding.to_host(run.theta), step=done, architecture=run.architecture,
                            task_sampler=run.task_sampler)
         writer.write_scalars(done, {f"meta_eval/{k}": float(v) for k, v in scores.items()})
+        if guard is not None:  # stability guard (stability.py): keeps the best theta, may roll back
+          run.theta, run.opt_state = guard.on_meta_eval(run.theta, run.opt_state, done, scores)
       if stop:
         save(done)
         logging.warning("Stopped at step %d; a checkpoint is written and the run resumes from it.", done)
@@ -279,7 +285,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
                handle_signals: bool = True, num_devices: int | None = None,
                writer_factory: WriterFactory | None = None, trust_unverified_checkpoints: bool = False,
                max_fully_masked_steps: int = 20, reevaluate: bool = False,
-               on_start: Callable[[], None] | None = None) -> MetaTrainResult:
+               on_start: Callable[[], None] | None = None,
+               stability: stability_lib.StabilityGuard | None = None) -> MetaTrainResult:
   """Meta-trains ``architecture`` on tasks from ``task_sampler`` with ``estimator``.
 
   Args:
@@ -320,6 +327,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
       ``final_evaluation.json`` exists); by default that report is read back instead.
     on_start: called on process 0 once the state is restored (or initialised) and placed, before the first step;
       ``lopt.runs`` writes the workdir's ``config.gin`` there.
+    stability: a ``stability.stability_guard()``: keeps the best theta by ``meta_eval`` (a ``best`` checkpoint),
+      rolls back and lowers the outer learning rate when the run climbs; the result's theta is the best one.
 
   Returns:
     A ``MetaTrainResult``.
@@ -337,10 +346,11 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
     if main_process:
       held.enter_context(locks.hold(Workdir(workdir).lock))
       run_safety.prepare_workdir(Workdir(workdir))
+    meta_optimizer, guard = stability_lib.setup(
+        stability, optax.with_extra_args_support(meta_optimizer or default_meta_optimizer()), meta_eval=meta_eval,
+        meta_eval_every=meta_eval_every, workdir=workdir, main_process=main_process)
     run, state = _build(task_sampler=task_sampler, architecture=architecture, estimator=estimator,
-                        meta_optimizer=optax.with_extra_args_support(meta_optimizer or default_meta_optimizer()),
-                        seed=seed,
-                        workdir=Workdir(workdir))
+                        meta_optimizer=meta_optimizer, seed=seed, workdir=Workdir(workdir))
     state, run.restored = run_safety.restore_state(run.workdir, state, main_process=main_process,
                                                  trust_unverified=trust_unverified_checkpoints)
     _place(run, state, estimator, num_devices)
@@ -359,10 +369,11 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
       done, last_metrics, interrupted = _loop(
           run, num_outer_steps=num_outer_steps, writer=writer, log_every=log_every, checkpoint_every=checkpoint_every,
           keep_checkpoints=keep_checkpoints, meta_eval=meta_eval, meta_eval_every=meta_eval_every,
-          handle_signals=handle_signals, main_process=main_process, max_fully_masked_steps=max_fully_masked_steps)
+          handle_signals=handle_signals, main_process=main_process, max_fully_masked_steps=max_fully_masked_steps,
+          guard=guard)
     finally:
       writer.close()
-    theta = sharding.to_host(run.theta)
+    theta = sharding.to_host(guard.final_theta(run.theta, run.opt_state) if guard else run.theta)
     if interrupted:
       return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, interrupted=True)
     evaluation = None

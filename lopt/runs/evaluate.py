@@ -13,12 +13,15 @@ import os
 from typing import Any, Callable, Sequence
 
 from lopt import checkpoints, writers
+from lopt import pretrained as lopt_pretrained
 from lopt.evaluation import report as report_lib
 from lopt.evaluation import scoring, suites, training, tuned_baselines
 from lopt.runs import trained
 from lopt.workdir import Workdir
 
 TENSORBOARD_CHOICES = {"auto": None, "on": True, "off": False}
+DEFAULT_NUM_STEPS = 200
+DEFAULT_NUM_SEEDS = 4
 
 
 def _load(workdir: str, step: int | None, trust_unverified: bool,
@@ -51,11 +54,11 @@ class Evaluation:
 
 
 def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: str | None = None,
-                     suite: str = "default", baselines: Sequence[str] | None = None, num_steps: int = 200,
-                     num_seeds: int = 4, seed: int = 0, baseline_steps_factor: int = 2,
+                     suite: str = "default", baselines: Sequence[str] | None = None, num_steps: int | None = None,
+                     num_seeds: int | None = None, seed: int = 0, baseline_steps_factor: int = 2,
                      eval_every: int | None = None, fast_compile: bool = False, wandb_mode: str = "offline",
                      tensorboard: str = "auto", trust_unverified: bool = False,
-                     printer: Callable[[str], None] = print) -> Evaluation:
+                     printer: Callable[[str], None] = print, pretrained: str | None = None) -> Evaluation:
   """Scores the trained optimizer of ``workdir`` (or only the baselines) on ``suite``; see the module docstring.
 
   Args:
@@ -65,8 +68,8 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
     out_dir: where the report goes; default ``<workdir>/evaluation``.
     suite: a registered ``eval_suite``.
     baselines: names of ``tuned_baselines.default_baselines`` to run; default all.
-    num_steps: inner steps of the learned optimizer per task.
-    num_seeds: tasks (seeds) per suite entry.
+    num_steps: inner steps of the learned optimizer per task; default the suite's (``suites.SUITE_SETTINGS``) or 200.
+    num_seeds: tasks (seeds) per suite entry; default the suite's or 4.
     seed: selects the held-out tasks.
     baseline_steps_factor: baselines train this many times longer (speed-ups up to it can be measured).
     eval_every: steps between test losses; default ``num_steps // 10``.
@@ -75,16 +78,25 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
     tensorboard: ``"auto"`` (when the extra is installed), ``"on"`` or ``"off"``.
     trust_unverified: evaluate a checkpoint whose checksum sidecar is missing instead of refusing it.
     printer: receives progress lines (and which checkpoint step is evaluated, and why when it is not the newest).
+    pretrained: a shipped optimizer (``lopt.pretrained.names()``) to evaluate instead of a workdir's; then
+      ``out_dir`` is needed.
 
   Returns:
     An ``Evaluation``.
   """
   if workdir is None and out_dir is None:
-    raise ValueError("Give a workdir (a meta_train run) and/or an out_dir (for a baselines-only evaluation).")
+    raise ValueError("Give a workdir (a meta_train run) and/or an out_dir (for a baselines-only or a pretrained "
+                     "evaluation).")
+  if workdir is not None and pretrained is not None:
+    raise ValueError("Give a workdir or a pretrained name, not both.")
   if tensorboard not in TENSORBOARD_CHOICES:
     raise ValueError(f"tensorboard must be one of {', '.join(TENSORBOARD_CHOICES)}, got {tensorboard!r}.")
   learned = _load(workdir, step, trust_unverified, printer) if workdir else None
+  shipped = lopt_pretrained.load(pretrained) if pretrained else None
   chosen_suite = suites.get_suite(suite)
+  settings = suites.SUITE_SETTINGS.get(suite, {})
+  num_steps = num_steps or settings.get("num_steps", DEFAULT_NUM_STEPS)
+  num_seeds = num_seeds or settings.get("num_seeds", DEFAULT_NUM_SEEDS)
   chosen_baselines = tuned_baselines.default_baselines(names=baselines)
   out_dir = out_dir or Workdir(workdir).evaluation
   checkpoints.ensure_writable_dir(out_dir)
@@ -94,13 +106,16 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
                                           tensorboard=TENSORBOARD_CHOICES[tensorboard])
   try:
     name = f"{learned.architecture.name} (step {learned.step})" if learned else "learned"
-    printer(f"Evaluating {name if learned else 'baselines only'} on suite '{suite}' -> {out_dir}")
+    make = (lambda n: learned.optimizer(num_steps=n)) if learned else None
+    if shipped is not None:
+      name, make = f"pretrained {shipped.name}", (lambda n: shipped.optimizer(num_steps=n))
+    printer(f"Evaluating {name if make else 'baselines only'} on suite '{suite}' -> {out_dir}")
     report = scoring.evaluate_suite(
-        chosen_suite, baselines=chosen_baselines, learned_name=name,
-        learned=(lambda n: learned.optimizer(num_steps=n)) if learned else None, num_steps=num_steps,
+        chosen_suite, baselines=chosen_baselines, learned_name=name, learned=make, num_steps=num_steps,
         num_seeds=num_seeds, seed=seed, baseline_steps_factor=baseline_steps_factor, eval_every=eval_every,
         compiler_options=training.FAST_COMPILE if fast_compile else None, printer=printer)
-    report.update(suite=suite, workdir=workdir, checkpoint_step=learned.step if learned else None)
+    report.update(suite=suite, workdir=workdir, checkpoint_step=learned.step if learned else None,
+                  pretrained=pretrained)
     paths = report_lib.write_report(report, out_dir)
     report_lib.track_report(writer, report, paths, step=learned.step if learned else 0)
   finally:

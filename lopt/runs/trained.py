@@ -76,8 +76,9 @@ def load(workdir: str, *, step: int | None = None, trust_unverified: bool = Fals
 
   Args:
     workdir: holds ``config.gin`` and ``checkpoints/`` (``lopt.workdir``).
-    step: the checkpoint step to load; default the newest one whose checksum verifies (a truncated newest
-      checkpoint falls back to the previous one, with a warning naming it). The checkpoint is read once.
+    step: the checkpoint step to load; default the best theta (``best/``, written by a stability guard) when
+      present, else the newest checkpoint whose checksum verifies (a truncated newest checkpoint falls back to the
+      previous one, with a warning naming it). The checkpoint is read once.
     trust_unverified: load a checkpoint whose checksum sidecar is missing instead of refusing it.
 
   Returns:
@@ -96,6 +97,9 @@ def load(workdir: str, *, step: int | None = None, trust_unverified: bool = Fals
   architecture = build_architecture(layout.config)
   with open(layout.config, encoding="utf-8") as f:
     config_text = f.read()
-  theta, step = load_theta(layout.checkpoints, architecture, step=step, trust_unverified=trust_unverified)
+  # A run with a stability guard keeps its best theta in best/: that is the run's artefact, unless a step is asked.
+  source = layout.best_checkpoints if step is None and checkpoints.latest_step(layout.best_checkpoints) is not None \
+      else layout.checkpoints
+  theta, step = load_theta(source, architecture, step=step, trust_unverified=trust_unverified)
   return TrainedOptimizer(architecture=architecture, theta=theta, step=int(step), workdir=workdir,
                           config_text=config_text)
