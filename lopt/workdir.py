@@ -40,55 +40,25 @@ REPORT_MARKDOWN = "evaluation.md"
 REPORT_FIGURES = {"train_curves": "curves_train.png", "test_curves": "curves_test.png", "speedups": "speedups.png"}
 
 
+def _entry(name: str) -> property:
+  """A read-only attribute of ``Workdir``: the path of ``name`` inside the run directory."""
+  return property(lambda self: os.path.join(self.root, name), doc=f"``<root>/{name}``")
+
+
 @dataclasses.dataclass(frozen=True)
 class Workdir:
   """Paths inside the run directory ``root`` (nothing is created or read here)."""
 
   root: str
 
-  def _path(self, name: str) -> str:
-    return os.path.join(self.root, name)
-
-  @property
-  def config(self) -> str:
-    return self._path(CONFIG)
-
-  @property
-  def lock(self) -> str:
-    return self._path(LOCK)
-
-  @property
-  def metrics(self) -> str:
-    return self._path(METRICS)
-
-  @property
-  def log(self) -> str:
-    return self._path(LOG)
-
-  @property
-  def checkpoints(self) -> str:
-    return self._path(CHECKPOINTS)
-
-  @property
-  def best_checkpoints(self) -> str:
-    return self._path(BEST_CHECKPOINTS)
-
-  @property
-  def final_evaluation(self) -> str:
-    return self._path(FINAL_EVALUATION)
-
-  @property
-  def evaluation(self) -> str:
-    return self._path(EVALUATION)
-
-  @property
-  def wandb_run_id(self) -> str:
-    return self._path(WANDB_RUN_ID)
-
-  @property
-  def tensorboard(self) -> str:
-    return self._path(TENSORBOARD)
-
-  @property
-  def sweep_result(self) -> str:
-    return self._path(SWEEP_RESULT)
+  config = _entry(CONFIG)
+  lock = _entry(LOCK)
+  metrics = _entry(METRICS)
+  log = _entry(LOG)
+  checkpoints = _entry(CHECKPOINTS)
+  best_checkpoints = _entry(BEST_CHECKPOINTS)
+  final_evaluation = _entry(FINAL_EVALUATION)
+  evaluation = _entry(EVALUATION)
+  wandb_run_id = _entry(WANDB_RUN_ID)
+  tensorboard = _entry(TENSORBOARD)
+  sweep_result = _entry(SWEEP_RESULT)

@@ -49,6 +49,13 @@ class Perturbation:
       object.__setattr__(self, field, value)
 
 
+def settings(owner: str, *, std: float, loss_clip: float | None, diff_clip: float | None,
+             **truncation: Any) -> tuple[Truncation, Perturbation]:
+  """The validated truncation and perturbation settings of an antithetic estimator named ``owner``."""
+  return (Truncation(**truncation, owner=owner),
+          Perturbation(std=std, loss_clip=loss_clip, diff_clip=diff_clip, owner=owner))
+
+
 def tree_normal(key: PRNGKey, tree: MetaParams, std: float, batch: int) -> MetaParams:
   """Gaussian noise shaped like ``tree`` with a leading axis ``batch``."""
   leaves, treedef = jax.tree.flatten(tree)

@@ -30,7 +30,6 @@ from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import antithetic
 from lopt.meta_trainers import unroll as unroll_lib
 from lopt.meta_trainers.estimator import GradientEstimator
-from lopt.meta_trainers.truncation import Truncation
 from lopt.registry import register
 from lopt.tasks.base import TaskFamily
 from lopt.types import MetaParams, PRNGKey
@@ -96,13 +95,13 @@ def es(*, num_tasks: int = 8, num_pairs: int = 1, truncation_length: int = 10, h
     loss_clip: each step's normalised loss is clipped to this before reducing.
     diff_clip: optional bound on ``|L+ - L-|``.
   """
-  settings = Truncation(num_tasks=num_tasks, truncation_length=truncation_length, horizon=horizon,
-                        schedule=schedule, min_horizon=min_horizon, stagger=stagger, objective=objective,
-                        meta_loss_split=meta_loss_split, max_loss=max_loss, valid_every=valid_every,
-                        owner="estimators.es")
-  perturbation = antithetic.Perturbation(std=std, loss_clip=loss_clip, diff_clip=diff_clip, owner="estimators.es")
   num_pairs = arguments.integer("estimators.es.num_pairs", num_pairs, minimum=1)
   full_horizon = arguments.boolean("estimators.es.full_horizon", full_horizon)
+  settings, perturbation = antithetic.settings(
+      "estimators.es", std=std, loss_clip=loss_clip, diff_clip=diff_clip, num_tasks=num_tasks,
+      truncation_length=truncation_length, horizon=horizon, schedule=schedule, min_horizon=min_horizon,
+      stagger=stagger, objective=objective, meta_loss_split=meta_loss_split, max_loss=max_loss,
+      valid_every=valid_every)
   if full_horizon and settings.schedule != "constant":
     raise arguments.ArgumentError("estimators.es.schedule", "full_horizon=True needs the 'constant' schedule, got "
                                   f"'{settings.schedule}'.")

@@ -18,7 +18,6 @@ from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import antithetic
 from lopt.meta_trainers import unroll as unroll_lib
 from lopt.meta_trainers.estimator import GradientEstimator
-from lopt.meta_trainers.truncation import Truncation
 from lopt.registry import register
 from lopt.tasks.base import TaskFamily
 from lopt.types import MetaParams, PRNGKey
@@ -54,11 +53,11 @@ def pes(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200, 
     min_horizon: shortest episode of the ``"log_uniform"`` schedule.
     diff_clip: optional bound on ``|L+ - L-|``.
   """
-  settings = Truncation(num_tasks=num_tasks, truncation_length=truncation_length, horizon=horizon,
-                        schedule=schedule, min_horizon=min_horizon, stagger=stagger, objective=objective,
-                        meta_loss_split=meta_loss_split, max_loss=max_loss, valid_every=valid_every,
-                        owner="estimators.pes")
-  perturbation = antithetic.Perturbation(std=std, loss_clip=loss_clip, diff_clip=diff_clip, owner="estimators.pes")
+  settings, perturbation = antithetic.settings(
+      "estimators.pes", std=std, loss_clip=loss_clip, diff_clip=diff_clip, num_tasks=num_tasks,
+      truncation_length=truncation_length, horizon=horizon, schedule=schedule, min_horizon=min_horizon,
+      stagger=stagger, objective=objective, meta_loss_split=meta_loss_split, max_loss=max_loss,
+      valid_every=valid_every)
   episodes = settings.episodes
   n = settings.num_tasks
 
