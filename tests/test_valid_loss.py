@@ -146,3 +146,24 @@ def test_family_without_validation_split_is_named():
   with pytest.raises(ValueError, match="no_valid_family"):
     training.train_tasks(family, lambda n: arch.optimizer(theta, num_steps=n), jax.random.key(0), num_tasks=1,
                          num_steps=2, valid_every=2)
+
+
+def test_suite_evaluation_feeds_it():
+  from lopt.evaluation import scoring, tuned_baselines
+
+  arch = spy()
+  theta = arch.init(jax.random.key(0))
+  seen = []
+
+  def make(n):
+    tx = arch.optimizer(theta, num_steps=n)
+
+    def update(grads, state, params=None, **extra):
+      seen.append("valid_loss" in extra)
+      return tx.update(grads, state, params, **extra)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update)
+
+  scoring.evaluate_suite({"quadratic": quadratic(dim=3)}, baselines=tuned_baselines.default_baselines(names=["adam"]),
+                         learned=make, learned_valid_every=4, num_steps=8, num_seeds=1, printer=lambda line: None)
+  assert seen and all(seen)

@@ -56,6 +56,7 @@ def _record(result: Mapping[str, np.ndarray], *, num_steps: int, window: int, ev
 
 def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Baseline],
                    learned: training.OptimizerFactory | None = None, learned_name: str = "learned",
+                   learned_valid_every: int = 0,
                    num_steps: int = 200, num_seeds: int = 4, seed: int = 0, baseline_steps_factor: int = 1,
                    eval_every: int | None = None, window: int | None = None,
                    compiler_options: Mapping[str, Any] | None = None,
@@ -67,6 +68,8 @@ def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Basel
     baselines: e.g. ``lopt.eval_baselines.default_baselines()``; the speed-up needs one named ``"adam"``.
     learned: ``num_steps -> optax transformation`` of the learned optimizer; None evaluates baselines only.
     learned_name: its display name.
+    learned_valid_every: feed the learned optimizer ``valid_loss=`` every this many steps (from each task's
+      outer-validation split); ``training.valid_every_for(architecture)`` gives the value for an architecture.
     num_steps: the learned optimizer's inner steps per task.
     num_seeds: tasks (seeds) per family; every optimizer trains the same ones.
     seed: selects the tasks.
@@ -108,7 +111,8 @@ def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Basel
     grids: dict[str, np.ndarray] = {}
     if learned is not None:
       progress.starting(f"{task_name}: {learned_name}, {num_seeds} seeds x {num_steps} steps")
-      result = training.train_tasks(family, learned, task_key, num_steps=num_steps, **common)
+      result = training.train_tasks(family, learned, task_key, num_steps=num_steps, valid_every=learned_valid_every,
+                                    **common)
       optimizers[learned_name] = _record(result, num_steps=num_steps, window=window,
                                          eval_steps=training.eval_steps(num_steps, eval_every))
       progress.step(f"{task_name}: {learned_name}", work=learned_work)

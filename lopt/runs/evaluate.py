@@ -112,6 +112,7 @@ def evaluate_workdir(workdir: str | None, *, step: int | None = None, out_dir: s
     printer(f"Evaluating {name if make else 'baselines only'} on suite '{suite}' -> {out_dir}")
     report = scoring.evaluate_suite(
         chosen_suite, baselines=chosen_baselines, learned_name=name, learned=make, num_steps=num_steps,
+        learned_valid_every=training.valid_every_for(learned.architecture) if learned else 0,
         num_seeds=num_seeds, seed=seed, baseline_steps_factor=baseline_steps_factor, eval_every=eval_every,
         compiler_options=training.FAST_COMPILE if fast_compile else None, printer=printer)
     report.update(suite=suite, workdir=workdir, checkpoint_step=learned.step if learned else None,
