@@ -93,3 +93,16 @@ def test_theta_that_does_not_fit_is_named(trained_workdir):
     learned_meta_optimizer(workdir=trained_workdir, num_steps=5)
   with pytest.raises(ValueError, match="learned_meta_optimizer.num_steps"):
     learned_meta_optimizer(workdir=trained_workdir, num_steps=0)
+
+
+def test_pretrained_outer_optimizer_and_exactly_one_source(trained_workdir):
+  import lopt
+
+  tx = learned_meta_optimizer(pretrained=lopt.pretrained.names()[0], num_steps=5)
+  params = {"w": jnp.ones(3)}
+  updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params, loss=jnp.asarray(1.0))
+  assert np.all(np.asarray(updates["w"]) < 0)
+  with pytest.raises(ValueError, match="exactly one"):
+    learned_meta_optimizer(num_steps=5)
+  with pytest.raises(ValueError, match="exactly one"):
+    learned_meta_optimizer(workdir=trained_workdir, pretrained="ff_v1", num_steps=5)
