@@ -30,12 +30,15 @@ CONFIGS = {
 }
 
 
-def run_pair(outer_workdir: str, root: str, num_outer_steps: int, seed: int) -> dict[str, dict]:
+def run_pair(outer_workdir: str | None, root: str, num_outer_steps: int, seed: int,
+             outer_pretrained: str | None = None) -> dict[str, dict]:
   results = {}
   for name, configs in CONFIGS.items():
     workdir = os.path.join(root, f"{name}_seed{seed}")
     bindings = [f"NUM_OUTER_STEPS = {num_outer_steps}", f"meta_train.seed = {seed}", "meta_train.log_every = 10",
-                f"TRAINED_WORKDIR = '{outer_workdir}'" if name == "learned" else "",
+                f"TRAINED_WORKDIR = '{outer_workdir}'" if name == "learned" and outer_workdir else "",
+                *([f"learned_meta_optimizer.pretrained = '{outer_pretrained}'",
+                   "learned_meta_optimizer.workdir = None"] if name == "learned" and outer_pretrained else []),
                 "meta_train.final_evaluation = @heldout_comparison", "heldout_comparison.num_tasks = 8",
                 "heldout_comparison.num_steps = %HORIZON"]
     runs.meta_train_in_workdir(workdir, gin_configs=[os.path.join(ROOT, c) for c in configs],
@@ -51,15 +54,19 @@ def run_pair(outer_workdir: str, root: str, num_outer_steps: int, seed: int) -> 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--outer_workdir", required=True, help="meta_train workdir of the outer learned optimizer")
+  parser.add_argument("--outer_workdir", help="meta_train workdir of the outer learned optimizer")
+  parser.add_argument("--outer_pretrained", help="or a shipped optimizer (lopt.pretrained.names()) as outer one")
   parser.add_argument("--root", default="/tmp/lopt_self_training", help="where the runs' workdirs go")
   parser.add_argument("--num_outer_steps", type=int, default=200)
   parser.add_argument("--seeds", default="0", help="comma-separated meta_train seeds")
   parser.add_argument("--out", default="/tmp/self_training.json")
   parser.add_argument("--plot", default="/tmp/self_training.png")
   args = parser.parse_args()
+  if (args.outer_workdir is None) == (args.outer_pretrained is None):
+    parser.error("give exactly one of --outer_workdir and --outer_pretrained")
   seeds = [int(s) for s in args.seeds.split(",")]
-  per_seed = {seed: run_pair(args.outer_workdir, args.root, args.num_outer_steps, seed) for seed in seeds}
+  per_seed = {seed: run_pair(args.outer_workdir, args.root, args.num_outer_steps, seed, args.outer_pretrained)
+              for seed in seeds}
 
   print("| outer optimizer | seed | meta_loss (first 10% of steps) | meta_loss (last 10%) | held-out final loss "
         "(meta-trained) | held-out final loss (initialisation) |")
@@ -79,7 +86,8 @@ def main() -> None:
       print(f"| {name} | {seed} | {row['meta_loss_start']:.4f} | {row['meta_loss_end']:.4f} | "
             f"{row['heldout_final_loss']:.4f} | {row['heldout_init_final_loss']:.4f} |")
   with open(args.out, "w", encoding="utf-8") as f:
-    json.dump({"outer_workdir": args.outer_workdir, "num_outer_steps": args.num_outer_steps, "summary": summary,
+    json.dump({"outer_workdir": args.outer_workdir, "outer_pretrained": args.outer_pretrained,
+               "num_outer_steps": args.num_outer_steps, "summary": summary,
                "curves": {str(s): {n: {"steps": r["steps"], "meta_loss": r["meta_loss"]} for n, r in res.items()}
                           for s, res in per_seed.items()}}, f, indent=1)
   fig, ax = plt.subplots(figsize=(6, 3.5))
