@@ -60,6 +60,7 @@ def test_outer_optimizer_receives_the_meta_loss(tmp_path):
   np.testing.assert_allclose(np.asarray(state["losses"][:4]), logged, rtol=1e-4)
 
 
+@pytest.mark.slow  # three meta_train runs (~17 s); the outer state is checkpointed like Adam's, whose resume is tested
 def test_learned_outer_optimizer_trains_and_resumes_bit_exactly(tmp_path, trained_workdir):
   make = lambda: learned_meta_optimizer(workdir=trained_workdir, num_steps=6)
   init_theta = ff.ff_small(hidden_sizes=(4,)).init(jax.random.split(jax.random.key(0), 3)[0])
