@@ -5,71 +5,64 @@ materialises every intermediate. Written as sums of scalar-times-array terms ins
 (and the features feeding it) into one loop over the parameters, which is what keeps ``ff_small`` and
 ``lstm_hyper`` within a small factor of Adam.
 
-Differentiating that form is another matter: autodiff transposes every scalar-times-array term separately, so the
-gradient of each weight ``w[i, j]`` becomes its own reduction over the parameters and every activation's cotangent
-a chain of scaled adds. For ``ff``'s 18-8-8-2 network that is ~170 reductions per tensor per inner step: truncated
-backprop through it compiled to ~60x the forward's HLO (100 s to compile) and ran ~20x slower than the forward.
-``apply_small_mlp`` therefore has a custom JVP: the primal is the fused elementwise form (forward results are
-unchanged), and the tangent is written with the features stacked into ``(n, size)`` matrices, so its transpose,
-the backward pass, is a few matrix multiplies per layer.
+Differentiating that form is another matter. Autodiff transposes every scalar-times-array term separately (each
+weight's gradient its own reduction over the parameters), and XLA then fuses the whole elementwise network into
+each consumer of the backward pass, recomputing it several times per tensor: one ``ff`` update's gradient on a
+6.5k-parameter MLP compiled to ~47k HLO lines and ran ~17x slower than the update. ``apply_small_mlp`` therefore
+has a custom JVP that evaluates the same network as matrix multiplies over the stacked features (``(n, size)``):
+the products are materialised once, and the backward pass is a few matrix multiplies per layer. The function
+called without differentiation (plain stepping, ES and PES) is the fused elementwise form, bit for bit; under
+differentiation the primal is the matmul form, equal up to float32 rounding of the summation order.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
-# Gradients are accumulated over many inner steps; keep their contractions in full float32 on accelerators too.
+# Keep the matmul form's contractions in full float32 on accelerators too (their default may be TF32/bf16).
 _PRECISION = jax.lax.Precision.HIGHEST
 
 
-def _elementwise(layers, inputs, first_bias) -> tuple[list[jax.Array], list[list[jax.Array]]]:
-  """The MLP as sums of scalar-times-array terms; also returns each hidden layer's pre-activations."""
+def _elementwise(layers, inputs, first_bias) -> list[jax.Array]:
+  """The MLP as sums of scalar-times-array terms (fused by XLA into one loop over the parameters)."""
   h = list(inputs)
-  pre_activations = []
   for index, layer in enumerate(layers):
     w, b = layer["w"], layer["b"]
     if index == 0 and first_bias is not None:
       b = b + first_bias
     if index > 0:
-      pre_activations.append(h)
       h = [jax.nn.relu(x) for x in h]
     h = [sum((h[i] * w[i, j] for i in range(len(h))), jnp.zeros_like(h[0])) + b[j] for j in range(w.shape[1])]
-  return h, pre_activations
+  return h
+
+
+def _stacked(layers, inputs, first_bias) -> list[jax.Array]:
+  """The same MLP as matrix products over the features stacked into ``(n, size)``."""
+  shape = inputs[0].shape
+  h = jnp.stack([x.reshape(-1) for x in inputs])
+  for index, layer in enumerate(layers):
+    w, b = layer["w"], layer["b"]
+    if index == 0:
+      w = w[:len(inputs)]  # extra rows belong to shared inputs, which first_bias carries.
+      if first_bias is not None:
+        b = b + first_bias
+    else:
+      h = jax.nn.relu(h)
+    h = jnp.matmul(w.T, h, precision=_PRECISION) + b[:, None]
+  return [row.reshape(shape) for row in h]
 
 
 @jax.custom_jvp
 def _apply(layers, inputs, first_bias):
-  return _elementwise(layers, inputs, first_bias)[0]
+  return _elementwise(layers, inputs, first_bias)
 
 
 @_apply.defjvp
 def _apply_jvp(primals, tangents):
-  """Primal elementwise; tangent (and hence the backward pass) as matrix products over stacked features."""
-  layers, inputs, first_bias = primals
-  d_layers, d_inputs, d_first_bias = tangents
-  out, pre_activations = _elementwise(layers, inputs, first_bias)
-  shape = inputs[0].shape
-  stack = lambda xs: jnp.stack([x.reshape(-1) for x in xs])  # (features, size)
-  matmul = functools.partial(jnp.matmul, precision=_PRECISION)
-  n = len(inputs)
-  x, dx = stack(inputs), stack(d_inputs)
-  dz = None
-  for index, (layer, d_layer) in enumerate(zip(layers, d_layers)):
-    w, dw = layer["w"], d_layer["w"]
-    if index == 0:
-      w, dw = w[:n], dw[:n]  # extra rows belong to shared inputs, which first_bias carries.
-      db = d_layer["b"] if first_bias is None else d_layer["b"] + d_first_bias
-      dz = matmul(dw.T, x) + matmul(w.T, dx) + db[:, None]
-    else:
-      z = stack(pre_activations[index - 1])
-      a = jax.nn.relu(z)
-      da = jnp.where(z > 0, dz, 0.0)
-      dz = matmul(dw.T, a) + matmul(w.T, da) + d_layer["b"][:, None]
-  return out, [row.reshape(shape) for row in dz]
+  return jax.jvp(_stacked, primals, tangents)
 
 
 def apply_small_mlp(layers: Sequence[dict[str, jax.Array]], inputs: Sequence[jax.Array],
