@@ -141,6 +141,31 @@ def test_ff_elementwise_and_chunked_matmul_evaluations_agree():
     ff_lib.ff(evaluation="loop")
 
 
+def test_ff_elementwise_gradients_match_autodiff_of_the_matmul_evaluation():
+  # The elementwise MLP's backward pass is its own (custom JVP over stacked features); it must agree with plain
+  # autodiff through the matmul evaluation, for theta and for the inputs an unroll differentiates through.
+  params = _params(low=jnp.float32)
+  grads = _random_grads(params, 1)[0]
+
+  kw = dict(hidden_sizes=(8, 8), output_init_scale=0.3)
+  fused, matmul = ff_lib.ff(**kw, evaluation="elementwise"), ff_lib.ff(**kw, evaluation="matmul")
+  theta = fused.init(jax.random.key(1))
+  tx = fused.optimizer(theta, num_steps=NUM_STEPS)
+  state = jax.jit(tx.update)(grads, tx.init(params), params)[1]  # momenta and rms no longer all equal
+
+  def loss(arch, theta, g, p):
+    updates, _ = arch.optimizer(theta, num_steps=NUM_STEPS).update(g, state, p)
+    return sum(jnp.sum(jnp.sin(1e3 * u) * (i + 1)) for i, u in enumerate(jax.tree.leaves(updates)))
+
+  g2 = jax.tree.map(lambda x: -0.5 * x, grads)
+  a = jax.jit(jax.grad(lambda *xs: loss(fused, *xs), argnums=(0, 1, 2)))(theta, g2, params)
+  b = jax.jit(jax.grad(lambda *xs: loss(matmul, *xs), argnums=(0, 1, 2)))(theta, g2, params)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    scale = float(np.max(np.abs(np.asarray(y)))) + 1e-30
+    np.testing.assert_allclose(np.asarray(x) / scale, np.asarray(y) / scale, rtol=0, atol=1e-4)
+  assert float(np.max(np.abs(np.asarray(a[0]["mlp"][0]["w"])))) > 0  # the check is not vacuous
+
+
 def test_ff_is_invariant_to_the_gradient_scale():
   # Its inputs are normalised per tensor and its nominal step is Adam's, so multiplying every gradient by 1000
   # leaves the update unchanged (up to epsilon), with an MLP far from its near-zero initial output layer.
