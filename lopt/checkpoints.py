@@ -101,7 +101,7 @@ def _fsync_dir(directory: str) -> None:
     os.close(fd)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
   """Writes ``data`` to ``path`` so readers see either the old file or the whole new one."""
   directory = os.path.dirname(path) or "."
   fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX, suffix=os.path.basename(path))
@@ -193,14 +193,14 @@ def _write_checkpoint(directory: str, step: int, data: bytes) -> str:
       previous_sidecar = f.read()
   sidecar = {"step": step, "sha256": hashlib.sha256(data).hexdigest(), "num_bytes": len(data)}
   try:
-    _atomic_write(sidecar_path, json.dumps(sidecar).encode("utf-8"))
-    _atomic_write(path, data)
+    atomic_write(sidecar_path, json.dumps(sidecar).encode("utf-8"))
+    atomic_write(path, data)
     if os.path.getsize(path) != len(data):
       raise OSError(f"{path} holds {os.path.getsize(path)} bytes after writing {len(data)}")
   except OSError as e:
     try:  # leave the step as it was: its old sidecar (if any) describes its old msgpack
       if previous_sidecar is not None:
-        _atomic_write(sidecar_path, previous_sidecar)
+        atomic_write(sidecar_path, previous_sidecar)
       elif os.path.exists(sidecar_path) and not os.path.exists(path):
         os.remove(sidecar_path)
     except OSError:

@@ -140,35 +140,21 @@ def test_interrupted_write_leftovers_are_removed(tmp_path):
 
 
 @pytest.mark.parametrize("failing", ["sidecar", "msgpack"])
-def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch, failing):
+def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, failing_writes, failing):
   for step in (1, 2):
     checkpoints.save(str(tmp_path), step, _state(step), keep=2)
   before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
-  real_write = checkpoints._atomic_write
-
-  def full_disk(path, data):
-    if path.endswith(".json" if failing == "sidecar" else ".msgpack"):
-      raise OSError(28, "No space left on device")
-    real_write(path, data)
-
-  monkeypatch.setattr(checkpoints, "_atomic_write", full_disk)
+  failing_writes(".json" if failing == "sidecar" else ".msgpack")
   with pytest.raises(checkpoints.CheckpointWriteError, match="No space left.*newest intact checkpoint is step 2"):
     checkpoints.save(str(tmp_path), 3, _state(3), keep=2)
   assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
-  monkeypatch.setattr(checkpoints, "_atomic_write", real_write)
+  failing_writes(None)
   assert checkpoints.restore(str(tmp_path), _state(0))[1] == 2
 
 
-def test_failed_rewrite_of_a_step_keeps_its_old_sidecar(tmp_path, monkeypatch):
+def test_failed_rewrite_of_a_step_keeps_its_old_sidecar(tmp_path, failing_writes):
   checkpoints.save(str(tmp_path), 1, _state(1))
-  real_write = checkpoints._atomic_write
-
-  def failing_msgpack(path, data):
-    if path.endswith(".msgpack"):
-      raise OSError(30, "Read-only file system")
-    real_write(path, data)
-
-  monkeypatch.setattr(checkpoints, "_atomic_write", failing_msgpack)
+  failing_writes(".msgpack", 30, "Read-only file system")
   with pytest.raises(checkpoints.CheckpointWriteError, match="Read-only"):
     checkpoints.save(str(tmp_path), 1, _state(5))
   restored, _ = checkpoints.restore(str(tmp_path), _state(0))

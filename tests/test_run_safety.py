@@ -191,18 +191,11 @@ def test_a_second_process_is_refused_and_a_dead_owners_lock_taken_over(tmp_path,
 
 # --- failed writes -------------------------------------------------------------------------------------------------
 
-def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint(run_copy, monkeypatch):
+def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint(run_copy, failing_writes):
   tmp_path = run_copy
   ckpt_dir = os.path.join(tmp_path, "checkpoints")
   before = {name: open(os.path.join(ckpt_dir, name), "rb").read() for name in os.listdir(ckpt_dir)}
-  real_write = checkpoints._atomic_write
-
-  def full_disk(path, data):
-    if path.endswith("checkpoint_00000006.msgpack"):
-      raise OSError(28, "No space left on device")
-    real_write(path, data)
-
-  monkeypatch.setattr(checkpoints, "_atomic_write", full_disk)
+  failing_writes("checkpoint_00000006.msgpack")
   with pytest.raises(checkpoints.CheckpointWriteError, match="newest intact checkpoint is step 4.*stops at step 6"):
     _run(tmp_path, 8)
   assert {name: open(os.path.join(ckpt_dir, name), "rb").read() for name in os.listdir(ckpt_dir)} == before

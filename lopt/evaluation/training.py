@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import arguments
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import unroll
 from lopt.tasks.base import Task, TaskFamily
@@ -91,8 +92,7 @@ def _program(family: TaskFamily, make_optimizer: ParamOptimizerFactory, *, num_t
     raise ValueError(f"num_steps, num_tasks and num_eval_batches must be positive, got {num_steps}, {num_tasks}, "
                      f"{num_eval_batches}.")
 
-  if valid_every < 0:
-    raise ValueError(f"valid_every must be >= 0, got {valid_every}.")
+  valid_every = arguments.integer("valid_every", valid_every, minimum=0)
 
   def one_task(hparams, task_key):
     tx = make_optimizer(hparams, num_steps)
@@ -105,12 +105,12 @@ def _program(family: TaskFamily, make_optimizer: ParamOptimizerFactory, *, num_t
     def step(carry, xs):
       params, opt_state, valid_loss = carry
       k, index = xs
-      batch_key, loss_key, valid_key = jax.random.split(k, 3)
+      batch_key, loss_key = jax.random.split(k)
       loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.batch(batch_key, "train"))
       extra = {}
       if valid_every:
         # The optimizer reads the validation loss (Metz et al. 2020), here from the task's outer-validation split.
-        valid_loss = unroll.latest_valid_loss(task, params, valid_key, index, valid_every, valid_loss)
+        valid_loss = unroll.latest_valid_loss(task, params, jax.random.fold_in(k, 2), index, valid_every, valid_loss)
         extra["valid_loss"] = valid_loss
       updates, opt_state = tx.update(grads, opt_state, params, loss=loss, **extra)
       return (optax.apply_updates(params, updates), opt_state, valid_loss), task.normalize(loss)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt import arguments
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers.truncation import TruncationSchedule
 from lopt.tasks.base import SPLITS, Task, TaskFamily
@@ -165,9 +166,7 @@ def unroll(theta: MetaParams, state: TaskState, key: PRNGKey, num_steps: int, *,
 
 def feeds_valid_loss(learned_optimizer: LearnedOptimizer, valid_every: int) -> bool:
   """Whether an inner loop computes and passes ``valid_loss=``: asked for, and read by the architecture."""
-  if isinstance(valid_every, bool) or not isinstance(valid_every, int) or valid_every < 0:
-    raise ValueError(f"valid_every must be an integer >= 0, got {valid_every!r}.")
-  return valid_every > 0 and getattr(learned_optimizer, "reads_valid_loss", False)
+  return arguments.integer("valid_every", valid_every, minimum=0) > 0 and learned_optimizer.reads_valid_loss
 
 
 def check_validation_split(task: Task, task_family: TaskFamily) -> None:

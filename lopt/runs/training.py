@@ -28,10 +28,7 @@ from lopt.workdir import Workdir
 
 def _write(path: str, text: str) -> None:
   """Replaces ``path`` atomically: a kill mid-write must not leave a truncated record of the run."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  checkpoints.atomic_write(path, text.encode("utf-8"))
 
 
 @contextlib.contextmanager
