@@ -284,7 +284,7 @@ def _read_verified(directory: str, step: int) -> bytes:
   return data
 
 
-def _fit_to_target(path: str, target: PyTree, raw: PyTree) -> PyTree:
+def fit_to_target(path: str, target: PyTree, raw: PyTree) -> PyTree:
   """Restores the raw state dict into ``target``'s structure, checking structure and shapes."""
   target_dict = serialization.to_state_dict(target)
   if jax.tree.structure(target_dict) != jax.tree.structure(raw):
@@ -375,7 +375,7 @@ def restore(directory: str, target: PyTree, step: int | None = None, *,
       checkpoint does not fit ``target``.
   """
   raw, step, path = _read_newest(directory, step, trust_unverified)
-  return _fit_to_target(path, target, raw), step
+  return fit_to_target(path, target, raw), step
 
 
 def restore_entry(directory: str, name: str, target: PyTree, step: int | None = None, *,
@@ -392,4 +392,4 @@ def restore_entry(directory: str, name: str, target: PyTree, step: int | None = 
   if not isinstance(raw, dict) or name not in raw:
     keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
     raise CheckpointError(f"Checkpoint {path} has no '{name}' (it holds {keys}); is it a meta_train checkpoint?")
-  return _fit_to_target(path, target, raw[name]), step
+  return fit_to_target(path, target, raw[name]), step

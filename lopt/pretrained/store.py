@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from lopt import registry
+from lopt import checkpoints, registry
 from lopt.architectures.base import LearnedOptimizer
 from lopt.types import MetaParams
 
@@ -95,18 +95,10 @@ def load(name: str, *, directory: str = PACKAGE_DIR) -> Pretrained:
   with jax.ensure_compile_time_eval():
     target = jax.tree.map(np.asarray, architecture.init(jax.random.key(0)))
   try:
-    raw = serialization.msgpack_restore(data)
-    theta = serialization.from_state_dict(target, raw)
-    mismatched = [f"{jax.tree_util.keystr(k)}: {np.shape(got)} vs {np.shape(want)}"
-                  for (k, want), got in zip(jax.tree_util.tree_flatten_with_path(target)[0], jax.tree.leaves(theta))
-                  if np.shape(want) != np.shape(got)]
-  except (ValueError, KeyError, TypeError) as e:
+    theta = checkpoints.fit_to_target(path, target, serialization.msgpack_restore(data))
+  except (checkpoints.CheckpointError, ValueError) as e:
     raise PretrainedError(f"The weights file {path} does not fit architecture {entry['architecture']} "
                           f"{entry.get('kwargs', {})}: {e}") from e
-  if mismatched:
-    raise PretrainedError(f"The weights file {path} does not fit architecture {entry['architecture']}: "
-                          + "; ".join(mismatched))
-  theta = jax.tree.map(lambda want, got: np.asarray(got, dtype=np.asarray(want).dtype), target, theta)
   return Pretrained(name=name, architecture=architecture, theta=theta, entry=entry)
 
 
