@@ -4,7 +4,7 @@ Each module registers its plugins on import; factories are reached through ``lop
 name)`` or their modules (``lopt.architectures.ff.ff``).
 """
 
-from lopt.architectures import baselines, features, ff, lstm_hyper, per_tensor
+from lopt.architectures import baselines, celo2, features, ff, lstm_hyper, per_tensor
 from lopt.architectures.base import LearnedOptimizer
 
-__all__ = ["LearnedOptimizer", "baselines", "features", "ff", "lstm_hyper", "per_tensor"]
+__all__ = ["LearnedOptimizer", "baselines", "celo2", "features", "ff", "lstm_hyper", "per_tensor"]

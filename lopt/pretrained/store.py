@@ -39,9 +39,13 @@ class Pretrained:
   theta: MetaParams
   entry: Mapping[str, Any]
 
-  def optimizer(self, *, num_steps: int) -> optax.GradientTransformationExtraArgs:
-    """The optax transformation for a run of ``num_steps`` inner steps (the optimizer uses its progress)."""
-    return self.architecture.optimizer(self.theta, num_steps=num_steps)
+  def optimizer(self, *, num_steps: int, **options: Any) -> optax.GradientTransformationExtraArgs:
+    """The optax transformation for a run of ``num_steps`` inner steps.
+
+    ``options`` go to the architecture's ``optimizer``: e.g. ``learning_rate=`` or ``schedule=`` for ``celo2``
+    optimizers (``celo2_v1``), which take the step size from the user's schedule.
+    """
+    return self.architecture.optimizer(self.theta, num_steps=num_steps, **options)
 
 
 def _manifest(directory: str) -> dict[str, Any]:
@@ -102,9 +106,9 @@ def load(name: str, *, directory: str = PACKAGE_DIR) -> Pretrained:
   return Pretrained(name=name, architecture=architecture, theta=theta, entry=entry)
 
 
-def optimizer(name: str, *, num_steps: int) -> optax.GradientTransformationExtraArgs:
-  """``load(name).optimizer(num_steps=num_steps)``: an ordinary optax transformation."""
-  return load(name).optimizer(num_steps=num_steps)
+def optimizer(name: str, *, num_steps: int, **options: Any) -> optax.GradientTransformationExtraArgs:
+  """``load(name).optimizer(num_steps=num_steps, **options)``: an ordinary optax transformation."""
+  return load(name).optimizer(num_steps=num_steps, **options)
 
 
 def save(name: str, *, architecture: str, kwargs: Mapping[str, Any], theta: MetaParams,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import gin
 import jax
@@ -27,9 +28,10 @@ class TrainedOptimizer:
   workdir: str
   config_text: str
 
-  def optimizer(self, *, num_steps: int):
-    """The optax transformation of this theta for a run of ``num_steps`` steps."""
-    return self.architecture.optimizer(self.theta, num_steps=num_steps)
+  def optimizer(self, *, num_steps: int, **options: Any):
+    """The optax transformation of this theta for a run of ``num_steps`` steps; ``options`` (e.g. a ``celo2``
+    optimizer's ``learning_rate=`` or ``schedule=``) go to the architecture's ``optimizer``."""
+    return self.architecture.optimizer(self.theta, num_steps=num_steps, **options)
 
 
 def build_architecture(config_path: str) -> LearnedOptimizer:
