@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from lopt.architectures.base import LearnedOptimizer
+from lopt.evaluation import suites
 from lopt.evaluation.training import (FAST_COMPILE, HELDOUT_SEED_OFFSET, OptimizerFactory, compile_trainer,
                                       summarize, to_numpy, train_tasks, valid_every_for)
 from lopt.progress import Progress
@@ -80,7 +81,7 @@ MetaEvalFn = Callable[..., dict[str, float]]
 
 def periodic_meta_eval(*, num_tasks: int = 4, num_steps: int = 100, seed: int = 0, eval_every: int = 0,
                        compare_adam: bool = True, adam_learning_rate: float = 1e-3,
-                       fast_compile: bool = False) -> MetaEvalFn:
+                       fast_compile: bool = False, suite: str | None = None) -> MetaEvalFn:
   """Builds the ``meta_eval`` function of ``meta_train``: held-out tasks of every family trained with the current
   theta, scored on the test split.
 
@@ -97,6 +98,8 @@ def periodic_meta_eval(*, num_tasks: int = 4, num_steps: int = 100, seed: int = 
     compare_adam: also report the ratio of the final training loss to ``optax.adam(adam_learning_rate)``'s.
     adam_learning_rate: Adam's step for that ratio.
     fast_compile: compile with ``FAST_COMPILE`` (faster compiles on CPU, slower steps; see there).
+    suite: a registered ``eval_suite`` (e.g. ``"validation"``) to evaluate on instead of the sampler's families:
+      ranking thetas on tasks the run never trains on selects for generalisation rather than fit.
 
   Returns:
     ``fn(*, theta, step, architecture, task_sampler) -> {name: float}`` with, per family ``f``,
@@ -110,6 +113,7 @@ def periodic_meta_eval(*, num_tasks: int = 4, num_steps: int = 100, seed: int = 
   programs: dict[tuple[str, str], Callable[[Any, PRNGKey], dict[str, jax.Array]]] = {}
   adam_final: dict[str, float] = {}
   base_key = jax.random.key(seed + HELDOUT_SEED_OFFSET)
+  suite_families = None if suite is None else suites.get_suite(suite)
 
   def scores(result: Mapping[str, np.ndarray]) -> dict[str, float]:
     out = summarize(result)
@@ -122,7 +126,8 @@ def periodic_meta_eval(*, num_tasks: int = 4, num_steps: int = 100, seed: int = 
     del step  # The same tasks at every step.
     out: dict[str, float] = {}
     per_family = []
-    for i, family in enumerate(task_sampler.families):
+    families = suite_families or {family.name: family for family in task_sampler.families}
+    for i, (name, family) in enumerate(families.items()):
       key = jax.random.fold_in(base_key, i)
       common = dict(num_tasks=num_tasks, num_steps=num_steps, eval_every=eval_every, compiler_options=options)
       cache_key = (architecture.name, family.name)
@@ -137,7 +142,7 @@ def periodic_meta_eval(*, num_tasks: int = 4, num_steps: int = 100, seed: int = 
           adam_final[family.name] = summarize(train_tasks(family, adam, key, **common))["final_train_loss"]
         family_scores["final_train_loss_vs_adam"] = family_scores["final_train_loss"] / adam_final[family.name]
       per_family.append(family_scores)
-      out.update({f"{family.name}/{k}": v for k, v in family_scores.items()})
+      out.update({f"{name}/{k}": v for k, v in family_scores.items()})
     for name in per_family[0]:
       values = [s[name] for s in per_family if name in s]
       out[f"mean/{name}"] = float(np.mean(values))

@@ -74,9 +74,33 @@ def heldout_suite() -> Suite:
   }
 
 
+@register("eval_suite", "validation")
+def validation_suite() -> Suite:
+  """Nine tasks for choosing among candidate recipes, so that ``heldout`` is scored once per shipped candidate.
+
+  Disjoint from ``heldout`` (no task structure in common) and, like it, outside the ``gin_configs/pretrained``
+  recipes' training distribution: the 2-D function heldout does not use (Booth), a 48-D quadratic (condition
+  number 1e4), MLPs wider (128) or deeper (4 layers) than the sampler's, a tanh MLP, a wide autoencoder, a conv net
+  with 6-12 channels, a GRU and a transformer LM of other sizes. Scored at 500 steps on 2 seeds
+  (``SUITE_SETTINGS``), so a candidate's evaluation takes minutes once the baseline cache is warm.
+  """
+  return {
+      "quadratic_48d": quadratic(48, min_scale=1e-2, max_scale=1e2, noise_std=0.05),
+      "booth": classic_2d("booth"),
+      "image_mlp_128x32_tanh": image_mlp(hidden_sizes=(128, 32), batch_size=96, activation="tanh"),
+      "image_mlp_4x32": image_mlp(hidden_sizes=(32, 32, 32, 32), batch_size=64),
+      "autoencoder_128x16": autoencoder(hidden_sizes=(128, 16), batch_size=96),
+      "image_conv_6x12": image_conv(channels=(6, 12), batch_size=24),
+      "char_rnn_gru24": char_rnn(cell="gru", hidden_size=24, seq_len=12, batch_size=16),
+      "transformer_lm_w24": transformer_lm(width=24, depth=1, num_heads=3, seq_len=12, batch_size=8),
+      "transformer_lm_2x16": transformer_lm(width=16, depth=2, num_heads=2, seq_len=8, batch_size=16),
+  }
+
+
 # Evaluation settings a suite is meant to be scored at (``experiments/evaluate.py`` uses them unless flags say
 # otherwise); suites not listed use the evaluator's defaults.
-SUITE_SETTINGS: dict[str, dict[str, int]] = {"heldout": {"num_steps": 1000, "num_seeds": 3}}
+SUITE_SETTINGS: dict[str, dict[str, int]] = {"heldout": {"num_steps": 1000, "num_seeds": 3},
+                                             "validation": {"num_steps": 500, "num_seeds": 2}}
 
 
 def get_suite(name: str) -> Suite:
