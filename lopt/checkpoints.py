@@ -378,6 +378,15 @@ def restore(directory: str, target: PyTree, step: int | None = None, *,
   return fit_to_target(path, target, raw), step
 
 
+def restore_raw(directory: str, step: int | None = None, *,
+                trust_unverified: bool = False) -> tuple[PyTree, int, str]:
+  """The raw state dict of ``step`` (default: the newest checkpoint that verifies), its step and its path.
+
+  For callers that copy part of a checkpoint without building the full target (``warm_start.export``).
+  """
+  return _read_newest(directory, step, trust_unverified)
+
+
 def restore_entry(directory: str, name: str, target: PyTree, step: int | None = None, *,
                   trust_unverified: bool = False) -> tuple[PyTree, int]:
   """Restores one top-level entry of a checkpointed dict (e.g. ``"theta"``) into ``target``'s structure.

@@ -33,6 +33,7 @@ from lopt import arguments, checkpoints, locks, progress, writers
 from lopt.architectures.base import LearnedOptimizer
 from lopt.meta_trainers import masking, run_safety, sharding
 from lopt.meta_trainers import stability as stability_lib
+from lopt.meta_trainers import warm_start as warm_start_lib
 from lopt.meta_trainers.estimator import GradientEstimator
 from lopt.meta_trainers.objectives import tree_finite
 from lopt.tasks.base import TaskFamily, TaskSampler
@@ -248,7 +249,8 @@ _PLUGIN_ARGUMENTS = (("task_sampler", TaskSampler, "@task_samplers.fixed()"),
 def _check_arguments(*, num_outer_steps: int, seed: int, log_every: int, checkpoint_every: int,
                      keep_checkpoints: int, meta_eval: Any, meta_eval_every: int, handle_signals: bool,
                      num_devices: int | None, wandb_mode: str, trust_unverified_checkpoints: bool,
-                     max_fully_masked_steps: int, reevaluate: bool, **plugins: Any) -> None:
+                     max_fully_masked_steps: int, reevaluate: bool, warm_start: Any = None,
+                     **plugins: Any) -> None:
   for name, kind, example in _PLUGIN_ARGUMENTS:
     value = plugins.get(name)
     if name in plugins and not isinstance(value, kind):
@@ -263,6 +265,9 @@ def _check_arguments(*, num_outer_steps: int, seed: int, log_every: int, checkpo
   arguments.boolean("meta_train.trust_unverified_checkpoints", trust_unverified_checkpoints)
   arguments.integer("meta_train.max_fully_masked_steps", max_fully_masked_steps, minimum=0)
   arguments.boolean("meta_train.reevaluate", reevaluate)
+  if warm_start is not None and (not isinstance(warm_start, str) or not warm_start):
+    raise arguments.ArgumentError("meta_train.warm_start", f"must be a directory written by "
+                                  f"experiments/export_warm_start.py, got {warm_start!r}.")
   arguments.integer("meta_train.seed", seed, minimum=0)
   arguments.integer("meta_train.log_every", log_every, minimum=1)
   arguments.integer("meta_train.checkpoint_every", checkpoint_every, minimum=1)
@@ -286,7 +291,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
                writer_factory: WriterFactory | None = None, trust_unverified_checkpoints: bool = False,
                max_fully_masked_steps: int = 20, reevaluate: bool = False,
                on_start: Callable[[], None] | None = None,
-               stability: stability_lib.StabilityGuard | None = None) -> MetaTrainResult:
+               stability: stability_lib.StabilityGuard | None = None,
+               warm_start: str | None = None) -> MetaTrainResult:
   """Meta-trains ``architecture`` on tasks from ``task_sampler`` with ``estimator``.
 
   Args:
@@ -329,6 +335,9 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
       ``lopt.runs`` writes the workdir's ``config.gin`` there.
     stability: a ``stability.stability_guard()``: keeps the best theta by ``meta_eval`` (a ``best`` checkpoint),
       rolls back and lowers the outer learning rate when the run climbs; the result's theta is the best one.
+    warm_start: a directory written by ``experiments/export_warm_start.py`` (``warm_start.export``): a workdir with
+      no checkpoint starts from its theta, outer-optimizer state and step instead of the seed's, with fresh inner
+      tasks. Ignored (logged) once the workdir has checkpoints of its own.
 
   Returns:
     A ``MetaTrainResult``.
@@ -337,7 +346,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
                    checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, meta_eval=meta_eval,
                    meta_eval_every=meta_eval_every, handle_signals=handle_signals, num_devices=num_devices,
                    wandb_mode=wandb_mode, trust_unverified_checkpoints=trust_unverified_checkpoints,
-                   max_fully_masked_steps=max_fully_masked_steps, reevaluate=reevaluate, task_sampler=task_sampler,
+                   max_fully_masked_steps=max_fully_masked_steps, reevaluate=reevaluate, warm_start=warm_start,
+                   task_sampler=task_sampler,
                    architecture=architecture, estimator=estimator)
   checkpoints.ensure_writable_dir(workdir)
   main_process = sharding.is_main_process()
@@ -353,6 +363,10 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
                         meta_optimizer=meta_optimizer, seed=seed, workdir=Workdir(workdir))
     state, run.restored = run_safety.restore_state(run.workdir, state, main_process=main_process,
                                                  trust_unverified=trust_unverified_checkpoints)
+    if warm_start is not None and run.restored:
+      logging.info("Not applying the warm start %s: the workdir has checkpoints of its own.", warm_start)
+    elif warm_start is not None:
+      state = warm_start_lib.apply(warm_start, state)
     _place(run, state, estimator, num_devices)
     if on_start is not None and main_process:
       on_start()
