@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -27,7 +28,9 @@ def test_every_gin_file_parses_and_builds_with_nothing_skipped(path, clean_gin):
 
   with open(path) as f:
     text = "\n".join(line for line in f if not line.lstrip().startswith("#"))
-  run_config = "meta_train.task_sampler" in text or "include 'gin_configs/experiments/" in text
+  # A file that includes a full recipe (experiments/, pretrained/, or an ablation of one) is a run config itself.
+  run_config = "meta_train.task_sampler" in text or bool(
+      re.search(r"include 'gin_configs/(experiments|pretrained|ablations)/", text))
   # Component files (architectures/, estimators/, ablations/) are layered over a run config, as documented.
   config.parse([path] if run_config else [os.path.join(ROOT, "gin_configs", "quickstart.gin"), path])
   bound = {}
@@ -47,8 +50,8 @@ def test_every_gin_file_parses_and_builds_with_nothing_skipped(path, clean_gin):
   assert bound, f"{path} binds no meta_train plugin."
   if run_config:  # all three plugins, and the shared outer-loop defaults
     assert len(bound) == 3, f"{path} is a run config but does not bind all of meta_train's plugins."
-    assert "include 'gin_configs/base.gin'" in text or "include 'gin_configs/experiments/" in text, path
-    if "keep_checkpoints" not in text:
+    assert "include 'gin_configs/base.gin'" in text or re.search(r"include 'gin_configs/\w+/", text), path
+    if "keep_checkpoints" not in text and "include 'gin_configs/base.gin'" in text:
       assert gin.query_parameter("meta_train.keep_checkpoints") == 3  # base.gin's default reached the run
 
 
