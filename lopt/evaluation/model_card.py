@@ -15,9 +15,8 @@ import os
 from typing import Any, Mapping, Sequence
 
 from lopt.evaluation import headline as headline_lib
+from lopt.workdir import HORIZON_DIR, REPORT_JSON
 
-HORIZON_DIR = "horizon_{}x"
-REPORT_JSON = "evaluation.json"
 CURVE_POINTS = 200  # points of the meta-training curve kept in the results
 
 
@@ -50,9 +49,10 @@ def collect_evaluation(out_dir: str) -> dict[str, Any]:
   """``{horizon label: {"num_steps", "num_seeds", "headline", "tasks"}}`` from an ``evaluate.py`` output directory
   (``evaluation.json`` for 1x, ``horizon_<h>x/evaluation.json`` for the others)."""
   found = {}
-  candidates = [(1, out_dir)] + sorted(
-      (int(d[len("horizon_"):-1]), os.path.join(out_dir, d)) for d in os.listdir(out_dir)
-      if d.startswith("horizon_") and d.endswith("x") and d[len("horizon_"):-1].isdigit())
+  prefix, suffix = HORIZON_DIR.split("{}")
+  horizons = sorted(int(d[len(prefix):-len(suffix)]) for d in os.listdir(out_dir)
+                    if d.startswith(prefix) and d.endswith(suffix) and d[len(prefix):-len(suffix)].isdigit())
+  candidates = [(1, out_dir)] + [(h, os.path.join(out_dir, HORIZON_DIR.format(h))) for h in horizons if h != 1]
   for horizon, directory in candidates:
     path = os.path.join(directory, REPORT_JSON)
     if not os.path.exists(path):

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import optax
 
+from lopt import registry
 from lopt.evaluation import baseline_cache as bc
 from lopt.evaluation import headline as headline_lib
 from lopt.evaluation import speedup, training, tuned_baselines
@@ -60,6 +61,18 @@ def _record(result: Mapping[str, np.ndarray], *, num_steps: int, window: int, ev
   if "test_accuracy_curve" in result:
     record["test_accuracy"] = float(np.mean(pick(result["test_accuracy_curve"])[:, at]))
   return record
+
+
+def check_protocols(protocols: Sequence[str]) -> tuple[str, ...]:
+  """``protocols`` as a tuple if each is one of ``PROTOCOLS`` (an unknown one names the closest), and not empty."""
+  if isinstance(protocols, str) or not protocols:
+    raise ValueError(f"protocols must be a non-empty list of {', '.join(PROTOCOLS)}; got {protocols!r}.")
+  for p in protocols:
+    if p not in PROTOCOLS:
+      near = registry.closest(str(p), list(PROTOCOLS))
+      raise ValueError(f"Unknown protocol {p!r}; known: {', '.join(PROTOCOLS)}."
+                       + (f" Did you mean {near!r}?" if near else ""))
+  return tuple(protocols)
 
 
 def tuned_name(learned_name: str) -> str:
@@ -155,9 +168,7 @@ def evaluate_suite(suite: Mapping[str, TaskFamily], *, baselines: Sequence[Basel
     raise ValueError(f"Need num_steps >= 2 divisible by eval_every, baseline_steps_factor >= 1 and a non-empty "
                      f"suite; got num_steps={num_steps}, eval_every={eval_every}, "
                      f"baseline_steps_factor={baseline_steps_factor}, {len(suite)} tasks.")
-  unknown = [p for p in protocols if p not in PROTOCOLS]
-  if unknown or not protocols:
-    raise ValueError(f"Unknown protocols {unknown or list(protocols)}; known: {', '.join(PROTOCOLS)}.")
+  check_protocols(protocols)
   multipliers = tuple(float(m) for m in multipliers)
   if "tuned" in protocols and 1.0 not in multipliers:
     raise ValueError(f"multipliers must contain 1.0 (the optimizer as given), got {list(multipliers)}.")
