@@ -126,21 +126,26 @@ def format_markdown(report: Mapping[str, Any]) -> str:
       "",
       _table(report, "test_loss", with_speedup=False),
       "",
-      "### Tuned learning rates",
+      "### Tuned learning rates (and the tuned protocol's multiplier)",
       "",
       "(edge): the best value is at the end of the grid, so a wider grid might do better.",
       "",
   ]
-  tuned = [name for name, grid in report["baselines"].items() if grid]
-  parts.append("| task | " + " | ".join(tuned) + " |")
+  grids = {name: grid for name, grid in report["baselines"].items() if grid}
+  if report.get("learned_tuned"):  # its multiplier, tuned like a learning rate
+    grids = {report["learned_tuned"]: report["multipliers"], **grids}
+  tuned = list(grids)
+  parts.append("| task | " + " | ".join(f"{name} (multiplier)" if name == report.get("learned_tuned") else name
+                                        for name in tuned) + " |")
   parts.append("|" + "---|" * (len(tuned) + 1))
   for task_name, task in report["tasks"].items():
     cells = []
     for name in tuned:
-      record, grid = task["optimizers"][name], report["baselines"][name]
-      cells.append(f"{record['learning_rate']:g}" + (EDGE_MARK if _edge(record, grid) else ""))
+      record, grid = task["optimizers"][name], grids[name]
+      value = record["multiplier"] if name == report.get("learned_tuned") else record["learning_rate"]
+      cells.append(f"{value:g}" + (EDGE_MARK if _edge(record, grid) else ""))
     parts.append(f"| {task_name} | " + " | ".join(cells) + " |")
-  hits = {name: [t for t, task in report["tasks"].items() if _edge(task["optimizers"][name], report["baselines"][name])]
+  hits = {name: [t for t, task in report["tasks"].items() if _edge(task["optimizers"][name], grids[name])]
           for name in tuned}
   parts += ["", "Edge hits: " + (", ".join(f"{name} on {len(v)}/{len(report['tasks'])} ({', '.join(v)})"
                                           for name, v in hits.items() if v) or "none") + "."]
