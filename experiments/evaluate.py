@@ -2,9 +2,12 @@
 
   python experiments/evaluate.py --workdir=/tmp/lopt_quickstart
   python experiments/evaluate.py --pretrained=ff_v1 --suite=heldout --out_dir=/tmp/lopt_ff_v1_heldout
+  python experiments/evaluate.py --pretrained=ff_v1 --suite=validation --horizons=1,10 --out_dir=/tmp/ff_v1_val
 
-Writes evaluation.json, evaluation.md and PNG figures to --out_dir (default <workdir>/evaluation), logs the scalars
-and figures to metrics.jsonl, wandb (offline by default) and TensorBoard (when installed). docs/evaluation.md
+Writes evaluation.json, evaluation.md and PNG figures to --out_dir (default <workdir>/evaluation), and for every
+horizon h other than 1 the same into <out_dir>/horizon_<h>x; logs the scalars and figures to metrics.jsonl, wandb
+(offline by default) and TensorBoard (when installed). Tuned baselines are cached in --baseline_cache (default
+$LOPT_BASELINE_CACHE or ~/.cache/lopt/baselines), so a second candidate trains only itself. docs/evaluation.md
 explains the output. Without --workdir only the baselines are evaluated.
 """
 
@@ -12,6 +15,7 @@ from absl import app, flags
 
 import lopt
 from lopt import runs, writers
+from lopt.evaluation import baseline_cache, scoring
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "meta_train workdir of the learned optimizer (config.gin, checkpoints)")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the newest that verifies (a "
@@ -32,6 +36,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "Selects the held-out tasks.", lower_bou
 _FACTOR = flags.DEFINE_integer("baseline_steps_factor", 2, "Baselines train this many times longer.", lower_bound=1)
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", None, "Steps between test losses; default num_steps // 10.",
                                    lower_bound=1)
+_PROTOCOLS = flags.DEFINE_list("protocols", list(scoring.PROTOCOLS), "hparam_free (the optimizer as given) and/or "
+                                "tuned (its update times a per-task multiplier from scoring.MULTIPLIERS).")
+_HORIZONS = flags.DEFINE_list("horizons", ["1"], "Multiples of the suite's default steps to evaluate at, e.g. 1,10; 1x "
+                              "goes to --out_dir, h to <out_dir>/horizon_<h>x.")
+_BASELINE_CACHE = flags.DEFINE_string("baseline_cache", None, "Directory of cached baseline results; default "
+                                      "$LOPT_BASELINE_CACHE, else ~/.cache/lopt/baselines; '' or 'off' disables it.")
 _FAST_COMPILE = flags.DEFINE_bool("fast_compile", False, "Faster XLA compiles, slower steps (training.FAST_COMPILE).")
 _WANDB_MODE = flags.DEFINE_enum("wandb_mode", "offline", list(writers.WANDB_MODES), "wandb mode.")
 _TENSORBOARD = flags.DEFINE_enum("tensorboard", "auto", ["auto", "on", "off"],
@@ -52,7 +62,9 @@ def main(argv):
                           seed=_SEED.value, baseline_steps_factor=_FACTOR.value, eval_every=_EVAL_EVERY.value,
                           fast_compile=_FAST_COMPILE.value, wandb_mode=_WANDB_MODE.value,
                           tensorboard=_TENSORBOARD.value, trust_unverified=_TRUST.value,
-                          printer=lambda line: print(line, flush=True), pretrained=_PRETRAINED.value)
+                          printer=lambda line: print(line, flush=True), pretrained=_PRETRAINED.value,
+                          protocols=_PROTOCOLS.value, horizons=_HORIZONS.value,
+                          baseline_cache=baseline_cache.resolve(_BASELINE_CACHE.value))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ SWEEP_RESULT = "sweep_result.json"
 # Files of an evaluation report (``lopt.evaluation.report``), in whatever directory it is written to.
 REPORT_JSON = "evaluation.json"
 REPORT_MARKDOWN = "evaluation.md"
+# The report of a horizon other than 1x (``experiments/evaluate.py --horizons``), below the 1x report's directory.
+HORIZON_DIR = "horizon_{}x"
 REPORT_FIGURES = {"train_curves": "curves_train.png", "test_curves": "curves_test.png", "speedups": "speedups.png"}
 
 

@@ -48,7 +48,7 @@ def _report(num_steps=20):
   return scoring.evaluate_suite({"quadratic": quadratic(4)}, baselines=baselines, num_steps=num_steps, num_seeds=2,
                                 baseline_steps_factor=2, eval_every=10,
                                 learned=lambda n: optax.with_extra_args_support(optax.adam(1e-3)),
-                                learned_name="adam_1e-3", printer=lambda _: None)
+                                learned_name="adam_1e-3", protocols=("hparam_free",), printer=lambda _: None)
 
 
 def test_report_marks_edge_hits_and_scheduled_baseline_uses_the_scored_horizon():

@@ -134,10 +134,11 @@ def test_evaluate_two_tiny_tasks_end_to_end(trained_workdir, tmp_path):
       num_steps=10, num_seeds=2, baseline_steps_factor=2, eval_every=5, printer=lines.append)
   # A line as each of the 4 programs starts and one with the ETA as it ends.
   assert len(lines) == 8 and "[4/4]" in lines[-1] and "ETA" in lines[-1]
-  assert lines[0].startswith("[1/4] quadratic: ff_small, 2 seeds x 10 steps ...") and "ETA" in lines[1]
+  assert lines[0].startswith("[1/4] quadratic: ff_small x 9 multipliers, 2 seeds x 10 steps ...") and "ETA" in lines[1]
   assert set(report["tasks"]) == {"quadratic", "rosenbrock"}
   for task in report["tasks"].values():
-    assert set(task["optimizers"]) == {"ff_small", "adam", "adam_cosine", "radam", "adamw", "sgd_momentum", "prodigy",
+    assert set(task["optimizers"]) == {"ff_small", "ff_small tuned", "adam", "adam_cosine", "radam", "adamw",
+                                       "sgd_momentum", "prodigy",
                                        "dadapt_adamw", "schedule_free_adamw"}
     adam = task["optimizers"]["adam"]
     assert len(adam["train_curve"]) == 20 and adam["eval_steps"] == [0, 5, 10, 15, 20]

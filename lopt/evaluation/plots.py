@@ -36,7 +36,8 @@ def _grid(num: int) -> tuple[int, int]:
 
 
 def _names(report: Mapping[str, Any]) -> list[str]:
-  return ([report["learned"]] if report["learned"] else []) + list(report["baselines"])
+  learned = [report.get("learned"), report.get("learned_tuned")]
+  return [n for n in learned if n] + list(report["baselines"])
 
 
 def _label(name: str, record: Mapping[str, Any]) -> str:

@@ -67,13 +67,16 @@ def _comparison(report: Mapping[str, Any]) -> list[str]:
 
 
 def _optimizer_names(report: Mapping[str, Any]) -> list[str]:
-  return ([report["learned"]] if report["learned"] else []) + list(report["baselines"])
+  learned = [report.get("learned"), report.get("learned_tuned")]
+  return [n for n in learned if n] + list(report["baselines"])
 
 
 def _table(report: Mapping[str, Any], metric: str, *, with_speedup: bool) -> str:
   """Tasks as rows, optimizers as columns; the best (lowest) value of each row in bold."""
   names = _optimizer_names(report)
-  header = ["task"] + names + (["speed-up vs tuned Adam"] if with_speedup else [])
+  tuned = with_speedup and bool(report.get("learned_tuned"))
+  header = (["task"] + names + (["speed-up vs tuned Adam"] if with_speedup and report.get("learned") else [])
+            + (["speed-up (tuned) vs tuned Adam"] if tuned else []))
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for task_name, task in report["tasks"].items():
     values = [task["optimizers"][n][metric] for n in names]
@@ -81,16 +84,35 @@ def _table(report: Mapping[str, Any], metric: str, *, with_speedup: bool) -> str
     edges = [EDGE_MARK if task["optimizers"][n].get("edge") else "" for n in names]
     cells = ["diverged" + e if v is None else (f"**{v:.4f}**{e}" if v == best else f"{v:.4f}{e}")
              for v, e in zip(values, edges)]
-    if with_speedup:
+    if with_speedup and report.get("learned"):
       cells.append(task["speedup"]["label"] if "speedup" in task else "-")
+    if tuned:
+      cells.append(task["speedup_tuned"]["label"] if "speedup_tuned" in task else "-")
     lines.append(f"| {task_name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _headline_lines(report: Mapping[str, Any]) -> list[str]:
+  """The headline per protocol (``headline.format_headline``) and the wall time of each part, when present."""
+  from lopt.evaluation import headline  # pylint: disable=import-outside-toplevel  # scoring imports this module
+
+  lines = []
+  if report.get("headline"):
+    lines += ["### Headline (lower final training loss at equal steps)", "",
+              *[f"- {line}" for line in headline.format_headline(report["headline"]).splitlines()], ""]
+  if "seconds_learned" in report:
+    cache = report.get("baseline_cache")
+    cached = (f" (baseline cache {cache['directory']}: {cache['hits']} hits, {cache['misses']} misses)"
+              if cache else " (no baseline cache)")
+    lines += [f"Wall time: candidate {report['seconds_learned']:.1f} s, baselines {report['seconds_baselines']:.1f} s"
+              f"{cached}.", ""]
+  return lines
 
 
 def format_markdown(report: Mapping[str, Any]) -> str:
   """The report as markdown: final training losses with speed-ups, test losses, and tuned learning rates."""
   n, m = report["num_steps"], report["baseline_steps"]
-  parts = [
+  parts = _headline_lines(report) + [
       f"Tasks trained for {n} steps ({report['num_seeds']} seeds each; baselines for {m} steps). Losses are "
       f"normalised (about 1 at initialisation), means over seeds; lower is better, the best of each row in bold. "
       f"Tuned baselines use, per task, the learning rate with the lowest final training loss; (edge) marks a "
@@ -98,27 +120,32 @@ def format_markdown(report: Mapping[str, Any]) -> str:
       "",
       f"### Final training loss after {n} steps (trailing mean of {report['smoothing_window']} steps)",
       "",
-      _table(report, "final_train_loss", with_speedup=report["learned"] is not None),
+      _table(report, "final_train_loss", with_speedup=bool(report.get("learned") or report.get("learned_tuned"))),
       "",
       f"### Test loss after {n} steps",
       "",
       _table(report, "test_loss", with_speedup=False),
       "",
-      "### Tuned learning rates",
+      "### Tuned learning rates (and the tuned protocol's multiplier)",
       "",
       "(edge): the best value is at the end of the grid, so a wider grid might do better.",
       "",
   ]
-  tuned = [name for name, grid in report["baselines"].items() if grid]
-  parts.append("| task | " + " | ".join(tuned) + " |")
+  grids = {name: grid for name, grid in report["baselines"].items() if grid}
+  if report.get("learned_tuned"):  # its multiplier, tuned like a learning rate
+    grids = {report["learned_tuned"]: report["multipliers"], **grids}
+  tuned = list(grids)
+  parts.append("| task | " + " | ".join(f"{name} (multiplier)" if name == report.get("learned_tuned") else name
+                                        for name in tuned) + " |")
   parts.append("|" + "---|" * (len(tuned) + 1))
   for task_name, task in report["tasks"].items():
     cells = []
     for name in tuned:
-      record, grid = task["optimizers"][name], report["baselines"][name]
-      cells.append(f"{record['learning_rate']:g}" + (EDGE_MARK if _edge(record, grid) else ""))
+      record, grid = task["optimizers"][name], grids[name]
+      value = record["multiplier"] if name == report.get("learned_tuned") else record["learning_rate"]
+      cells.append(f"{value:g}" + (EDGE_MARK if _edge(record, grid) else ""))
     parts.append(f"| {task_name} | " + " | ".join(cells) + " |")
-  hits = {name: [t for t, task in report["tasks"].items() if _edge(task["optimizers"][name], report["baselines"][name])]
+  hits = {name: [t for t, task in report["tasks"].items() if _edge(task["optimizers"][name], grids[name])]
           for name in tuned}
   parts += ["", "Edge hits: " + (", ".join(f"{name} on {len(v)}/{len(report['tasks'])} ({', '.join(v)})"
                                           for name, v in hits.items() if v) or "none") + "."]

@@ -204,8 +204,8 @@ def train_tasks(family: TaskFamily, make_optimizer: OptimizerFactory, key: PRNGK
 
 def train_grid(family: TaskFamily, make_optimizer: ParamOptimizerFactory, hparams: np.ndarray, key: PRNGKey, *,
                num_tasks: int, num_steps: int, num_eval_batches: int = 4, eval_every: int = 0,
-               eval_params: EvalParams | None = None,
-               compiler_options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+               eval_params: EvalParams | None = None, compiler_options: Mapping[str, Any] | None = None,
+               valid_every: int = 0) -> dict[str, np.ndarray]:
   """``train_tasks`` for every value of a hyperparameter grid at once (vmapped over the grid too: one compile).
 
   Args:
@@ -217,7 +217,7 @@ def train_grid(family: TaskFamily, make_optimizer: ParamOptimizerFactory, hparam
     The arrays of ``train_tasks`` with a leading grid axis.
   """
   program = _program(family, make_optimizer, num_tasks=num_tasks, num_steps=num_steps, eval_every=eval_every,
-                     num_eval_batches=num_eval_batches, eval_params=eval_params)
+                     num_eval_batches=num_eval_batches, eval_params=eval_params, valid_every=valid_every)
   grid = jnp.asarray(np.asarray(hparams, np.float32))
   return to_numpy(_jit(jax.vmap(program, in_axes=(0, None)), compiler_options)(grid, key))
 
