@@ -6,8 +6,10 @@ Two kinds of fault:
 
 - output faults wrap a registered factory so that its estimates come out wrong (e.g. every component negated
   except the last one); the module attribute and the registry entry are both replaced;
-- source faults replace one exact snippet of an estimator module's source (it must occur exactly once) and rebind
-  the module's functions to the mutated copy, so callers that go through the module see the bug.
+- source faults replace one exact snippet of a module's source (it must occur exactly once) and rebind the module's
+  functions and classes to the mutated copy, so callers that go through the module see the bug.
+
+``CATCHERS`` names the fast tests that must catch a fault (the estimator tests by default, ``ESTIMATOR_TESTS``).
 """
 
 from __future__ import annotations
@@ -71,7 +73,56 @@ SOURCE_FAULTS = {
                             "sum(gs) / len(gs)"),
 }
 
+# Issue 22: masking, the outer-validation loss, the stability guard and the architectures that read the loss.
+MASKING_TESTS = ["tests/test_estimator_masking.py"]
+VALID_LOSS_TESTS = ["tests/test_valid_loss.py"]
+STABILITY_TESTS = ["tests/test_stability.py"]
+ARCHITECTURE_TESTS = ["tests/test_valid_loss.py", "tests/test_architectures.py"]
+SOURCE_FAULTS.update({
+    # Masking: the antithetic mean divides by every slot instead of the valid ones.
+    "antithetic_mean_over_all_slots": (
+        "lopt.meta_trainers.antithetic", "/ (2.0 * perturbation.std**2) / jnp.maximum(jnp.sum(valid), 1)",
+        "/ (2.0 * perturbation.std**2) / num_slots"),
+    # Masking: a pair counts when its + copy is valid (whatever its - copy did), or when either copy is.
+    "antithetic_pair_plus_copy_only": (
+        "lopt.meta_trainers.antithetic",
+        "jnp.all(objectives.valid(raw, inner.params, settings.max_loss, lead=2), axis=0)",
+        "objectives.valid(raw, inner.params, settings.max_loss, lead=2)[0]"),
+    "antithetic_pair_either_copy": (
+        "lopt.meta_trainers.antithetic",
+        "jnp.all(objectives.valid(raw, inner.params, settings.max_loss, lead=2), axis=0)",
+        "jnp.any(objectives.valid(raw, inner.params, settings.max_loss, lead=2), axis=0)"),
+    # Masking: TBPTT's mean divides by every task.
+    "tbptt_mean_over_all_slots": ("lopt.meta_trainers.tbptt", "num_valid = jnp.maximum(jnp.sum(valid), 1)",
+                                  "num_valid = n"),
+    # Masking: the logged meta-loss averages over every slot.
+    "masked_mean_over_all": ("lopt.meta_trainers.objectives", "/ jnp.maximum(jnp.sum(mask), 1)", "/ mask.size"),
+})
+CATCHERS = {
+    "antithetic_mean_over_all_slots": MASKING_TESTS,
+    "antithetic_pair_plus_copy_only": MASKING_TESTS,
+    "antithetic_pair_either_copy": MASKING_TESTS,
+    "tbptt_mean_over_all_slots": MASKING_TESTS,
+    "masked_mean_over_all": MASKING_TESTS,
+}
+
 FAULTS = sorted(OUTPUT_FAULTS) + sorted(SOURCE_FAULTS)
+# The fast estimator tests, the conformance cases first (they catch most faults).
+ESTIMATOR_TESTS = ["tests/test_estimator_conformance.py", "tests/test_pes.py", "tests/test_estimators.py"]
+
+
+def catchers(fault: str) -> list[str]:
+  """The test files run with ``fault`` injected; one of their tests must fail."""
+  return CATCHERS.get(fault, ESTIMATOR_TESTS)
+
+
+def mutated_source(fault: str) -> tuple[str, str]:
+  """``(module name, mutated source)`` of a source fault; raises unless its snippet occurs exactly once."""
+  module_name, snippet, replacement = SOURCE_FAULTS[fault]
+  source = inspect.getsource(importlib.import_module(module_name))
+  if source.count(snippet) != 1:
+    raise RuntimeError(f"fault {fault}: the snippet occurs {source.count(snippet)} times in {module_name}, not once")
+  return module_name, source.replace(snippet, replacement)
 
 
 def _replace_factory(name: str, module: types.ModuleType, factory) -> None:
@@ -100,21 +151,20 @@ def _apply_output_fault(fault: str) -> None:
 
 
 def _apply_source_fault(fault: str) -> None:
-  module_name, snippet, replacement = SOURCE_FAULTS[fault]
+  module_name, source = mutated_source(fault)
   module = importlib.import_module(module_name)
-  source = inspect.getsource(module)
-  if source.count(snippet) != 1:
-    raise RuntimeError(f"fault {fault}: the snippet occurs {source.count(snippet)} times in {module_name}, not once")
   namespace = {"__name__": module_name, "__file__": module.__file__}  # dataclasses look the module up
   # The copy registers nothing: registration names must stay unique; the factories are swapped in below.
   registry_register = registry.register
   registry.register = lambda kind, name: (lambda f: f)
   try:
-    exec(compile(source.replace(snippet, replacement), module.__file__, "exec"), namespace)  # pylint: disable=exec-used
+    exec(compile(source, module.__file__, "exec"), namespace)  # pylint: disable=exec-used
   finally:
     registry.register = registry_register
   for attr, value in namespace.items():
-    if inspect.isfunction(value) and getattr(getattr(module, attr, None), "__module__", None) == module_name:
+    # Classes too (e.g. the stability guard's), so their methods carry the fault.
+    if ((inspect.isfunction(value) or inspect.isclass(value))
+        and getattr(getattr(module, attr, None), "__module__", None) == module_name):
       if attr in registry._REGISTRY["estimator"]:  # pylint: disable=protected-access
         _replace_factory(attr, module, value)
       else:
