@@ -98,12 +98,45 @@ SOURCE_FAULTS.update({
     # Masking: the logged meta-loss averages over every slot.
     "masked_mean_over_all": ("lopt.meta_trainers.objectives", "/ jnp.maximum(jnp.sum(mask), 1)", "/ mask.size"),
 })
+SOURCE_FAULTS.update({
+    # The outer-validation loss fed to the optimizer is read from the training split.
+    "valid_loss_from_train_split": ("lopt.meta_trainers.unroll",
+                                    'task.batch(jax.random.fold_in(key, 1), "outer_valid")',
+                                    'task.batch(jax.random.fold_in(key, 1), "train")'),
+    # ... or computed once per truncation instead of every valid_every steps.
+    "valid_loss_stale": ("lopt.meta_trainers.unroll", "jax.lax.cond(index % valid_every == 0,",
+                         "jax.lax.cond(index == 0,"),
+    # The outer-validation meta-loss of an unroll is read from the training split.
+    "meta_loss_from_train_split": ("lopt.meta_trainers.unroll", "task.batch(valid_key, meta_loss_split)",
+                                   'task.batch(valid_key, "train")'),
+    # PES/ES ignore the configured valid_every or meta_loss_split.
+    "antithetic_valid_every_ignored": ("lopt.meta_trainers.antithetic", "valid_every=settings.valid_every)",
+                                       "valid_every=1)"),
+    "antithetic_train_split": ("lopt.meta_trainers.antithetic", "meta_loss_split=settings.meta_loss_split,",
+                               'meta_loss_split="train",'),
+    # TBPTT ignores them.
+    "tbptt_valid_every_ignored": ("lopt.meta_trainers.tbptt", "valid_every=settings.valid_every,", "valid_every=1,"),
+    "tbptt_train_split": ("lopt.meta_trainers.tbptt", "meta_loss_split=settings.meta_loss_split, remat",
+                          'meta_loss_split="train", remat'),
+    # The evaluation loop feeds the training loss as the validation loss.
+    "evaluation_valid_loss_is_train_loss": (
+        "lopt.evaluation.training",
+        "valid_loss = unroll.latest_valid_loss(task, params, jax.random.fold_in(k, 2), index, valid_every, valid_loss)",
+        "valid_loss = loss"),
+    # The periodic meta-evaluation feeds it at another cadence than evaluation's VALID_EVERY.
+    "meta_eval_valid_every_ignored": ("lopt.evaluation.hooks", "valid_every=valid_every_for(architecture),",
+                                      "valid_every=1,"),
+})
 CATCHERS = {
     "antithetic_mean_over_all_slots": MASKING_TESTS,
     "antithetic_pair_plus_copy_only": MASKING_TESTS,
     "antithetic_pair_either_copy": MASKING_TESTS,
     "tbptt_mean_over_all_slots": MASKING_TESTS,
     "masked_mean_over_all": MASKING_TESTS,
+    **{fault: VALID_LOSS_TESTS for fault in (
+        "valid_loss_from_train_split", "valid_loss_stale", "meta_loss_from_train_split",
+        "antithetic_valid_every_ignored", "antithetic_train_split", "tbptt_valid_every_ignored", "tbptt_train_split",
+        "evaluation_valid_loss_is_train_loss", "meta_eval_valid_every_ignored")},
 }
 
 FAULTS = sorted(OUTPUT_FAULTS) + sorted(SOURCE_FAULTS)
