@@ -127,6 +127,34 @@ SOURCE_FAULTS.update({
     "meta_eval_valid_every_ignored": ("lopt.evaluation.hooks", "valid_every=valid_every_for(architecture),",
                                       "valid_every=1,"),
 })
+SOURCE_FAULTS.update({
+    # The guard drops extra arguments (loss=) on their way to the outer optimizer.
+    "guard_drops_extra_args": ("lopt.meta_trainers.stability",
+                               "meta_optimizer.update(updates, state.inner, params, **extra)",
+                               "meta_optimizer.update(updates, state.inner, params)"),
+    # The guard's learning-rate scale is not applied, or not lowered at a rollback.
+    "guard_lr_scale_unused": ("lopt.meta_trainers.stability", "u * state.lr_scale.astype(u.dtype)", "u"),
+    "guard_lr_not_lowered": ("lopt.meta_trainers.stability", "scale = float(opt_state.lr_scale) * s.lr_factor",
+                             "scale = float(opt_state.lr_scale)"),
+    # It ships the last theta instead of the best.
+    "guard_ships_last_theta": ("lopt.meta_trainers.stability",
+                               "return opt_state.best_theta if int(opt_state.best_step) >= 0 else theta",
+                               "return theta"),
+    # A rollback keeps theta, or keeps the outer optimizer's moments.
+    "guard_theta_not_rolled_back": ("lopt.meta_trainers.stability",
+                                    "theta = _like(_to_host(opt_state.best_theta), theta)", "theta = theta"),
+    "guard_moments_not_rolled_back": ("lopt.meta_trainers.stability",
+                                      "opt_state = opt_state._replace(inner=_like(_to_host(opt_state.best_inner), "
+                                      "opt_state.inner))", "opt_state = opt_state"),
+    # max_rollbacks is ignored; a climbing meta-eval score is ignored; a fully masked window is ignored.
+    "guard_max_rollbacks_ignored": ("lopt.meta_trainers.stability",
+                                    "if best_step < 0 or rollbacks >= s.max_rollbacks:", "if best_step < 0:"),
+    "guard_eval_climb_ignored": ("lopt.meta_trainers.stability",
+                                 "if not np.isfinite(score) or score > s.eval_factor * best:",
+                                 "if not np.isfinite(score):"),
+    "guard_masked_window_ignored": ("lopt.meta_trainers.stability", 'if metrics.get("fully_masked_steps", 0) > 0:',
+                                    "if False:"),
+})
 CATCHERS = {
     "antithetic_mean_over_all_slots": MASKING_TESTS,
     "antithetic_pair_plus_copy_only": MASKING_TESTS,
@@ -137,6 +165,7 @@ CATCHERS = {
         "valid_loss_from_train_split", "valid_loss_stale", "meta_loss_from_train_split",
         "antithetic_valid_every_ignored", "antithetic_train_split", "tbptt_valid_every_ignored", "tbptt_train_split",
         "evaluation_valid_loss_is_train_loss", "meta_eval_valid_every_ignored")},
+    **{fault: STABILITY_TESTS for fault in SOURCE_FAULTS if fault.startswith("guard_")},
 }
 
 FAULTS = sorted(OUTPUT_FAULTS) + sorted(SOURCE_FAULTS)
