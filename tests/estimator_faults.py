@@ -77,6 +77,7 @@ SOURCE_FAULTS = {
 MASKING_TESTS = ["tests/test_estimator_masking.py"]
 VALID_LOSS_TESTS = ["tests/test_valid_loss.py"]
 STABILITY_TESTS = ["tests/test_stability.py"]
+RUN_SAFETY_TESTS = ["tests/test_run_safety.py"]
 ARCHITECTURE_TESTS = ["tests/test_valid_loss.py", "tests/test_architectures.py"]
 SOURCE_FAULTS.update({
     # Masking: the antithetic mean divides by every slot instead of the valid ones.
@@ -155,6 +156,18 @@ SOURCE_FAULTS.update({
     "guard_masked_window_ignored": ("lopt.meta_trainers.stability", 'if metrics.get("fully_masked_steps", 0) > 0:',
                                     "if False:"),
 })
+SOURCE_FAULTS.update({
+    # Readable errors and logs: a guard added on resume is not checked (a tree dump instead of one line); a finished
+    # run reports no metrics; meta-evaluation prints no progress line.
+    "resume_guard_unchecked": ("lopt.meta_trainers.outer_loop",
+                               "trust_unverified=trust_unverified_checkpoints, check=check)",
+                               "trust_unverified=trust_unverified_checkpoints)"),
+    "finished_run_metrics_empty": ("lopt.meta_trainers.outer_loop",
+                                   "last_metrics = run_safety.logged_metrics(run.workdir, done)", "pass"),
+    "meta_eval_no_progress_line": ("lopt.meta_trainers.outer_loop",
+                                   'logging.info("Meta-evaluation at step %d of %d ...", done, num_outer_steps)',
+                                   "pass"),
+})
 CATCHERS = {
     "antithetic_mean_over_all_slots": MASKING_TESTS,
     "antithetic_pair_plus_copy_only": MASKING_TESTS,
@@ -166,6 +179,9 @@ CATCHERS = {
         "antithetic_valid_every_ignored", "antithetic_train_split", "tbptt_valid_every_ignored", "tbptt_train_split",
         "evaluation_valid_loss_is_train_loss", "meta_eval_valid_every_ignored")},
     **{fault: STABILITY_TESTS for fault in SOURCE_FAULTS if fault.startswith("guard_")},
+    "resume_guard_unchecked": RUN_SAFETY_TESTS,
+    "finished_run_metrics_empty": RUN_SAFETY_TESTS,
+    "meta_eval_no_progress_line": STABILITY_TESTS,
 }
 
 FAULTS = sorted(OUTPUT_FAULTS) + sorted(SOURCE_FAULTS)
