@@ -78,7 +78,7 @@ MASKING_TESTS = ["tests/test_estimator_masking.py"]
 VALID_LOSS_TESTS = ["tests/test_valid_loss.py"]
 STABILITY_TESTS = ["tests/test_stability.py"]
 RUN_SAFETY_TESTS = ["tests/test_run_safety.py"]
-ARCHITECTURE_TESTS = ["tests/test_valid_loss.py", "tests/test_architectures.py"]
+ARCHITECTURE_TESTS = ["tests/test_loss_inputs.py"]
 SOURCE_FAULTS.update({
     # Masking: the antithetic mean divides by every slot instead of the valid ones.
     "antithetic_mean_over_all_slots": (
@@ -168,6 +168,18 @@ SOURCE_FAULTS.update({
                                    'logging.info("Meta-evaluation at step %d of %d ...", done, num_outer_steps)',
                                    "pass"),
 })
+SOURCE_FAULTS.update({
+    # Architectures that read the loss ignore it (per_tensor: the loss, the valid loss; lstm_hyper: the loss).
+    "per_tensor_ignores_loss": ("lopt.architectures.per_tensor",
+                                "train_loss = features.update_loss_state(state.train_loss, loss)",
+                                "train_loss = state.train_loss"),
+    "per_tensor_ignores_valid_loss": ("lopt.architectures.per_tensor",
+                                      "valid_state = features.update_loss_state(state.valid_loss, valid_loss)",
+                                      "valid_state = state.valid_loss"),
+    "lstm_hyper_ignores_loss": ("lopt.architectures.lstm_hyper",
+                                "loss_buffer = velo_features.update_loss_buffer(state.loss, loss, loss_decays)",
+                                "loss_buffer = state.loss"),
+})
 CATCHERS = {
     "antithetic_mean_over_all_slots": MASKING_TESTS,
     "antithetic_pair_plus_copy_only": MASKING_TESTS,
@@ -182,6 +194,9 @@ CATCHERS = {
     "resume_guard_unchecked": RUN_SAFETY_TESTS,
     "finished_run_metrics_empty": RUN_SAFETY_TESTS,
     "meta_eval_no_progress_line": STABILITY_TESTS,
+    "per_tensor_ignores_loss": ARCHITECTURE_TESTS,
+    "per_tensor_ignores_valid_loss": ARCHITECTURE_TESTS,
+    "lstm_hyper_ignores_loss": ARCHITECTURE_TESTS,
 }
 
 FAULTS = sorted(OUTPUT_FAULTS) + sorted(SOURCE_FAULTS)
@@ -243,10 +258,13 @@ def _apply_source_fault(fault: str) -> None:
     # Classes too (e.g. the stability guard's), so their methods carry the fault.
     if ((inspect.isfunction(value) or inspect.isclass(value))
         and getattr(getattr(module, attr, None), "__module__", None) == module_name):
-      if attr in registry._REGISTRY["estimator"]:  # pylint: disable=protected-access
-        _replace_factory(attr, module, value)
-      else:
-        setattr(module, attr, value)
+      original = getattr(module, attr)
+      setattr(module, attr, value)
+      # A registered factory (estimator, architecture, ...) is swapped in the registry too, so lookups see it.
+      for entries in registry._REGISTRY.values():  # pylint: disable=protected-access
+        for name, factory in list(entries.items()):
+          if factory is original:
+            entries[name] = value
 
 
 def pytest_configure(config):
