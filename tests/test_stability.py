@@ -1,6 +1,8 @@
 """The stability guard: a deliberately unstable meta-training run (outer learning rate 1.0) makes it fire, roll
 back to the best theta and lower the outer learning rate; the kept theta still trains a task and is what
-``trained.load`` loads."""
+``trained.load`` loads. Fast host-side tests pin each part of the guard (extra arguments, learning-rate scale, best
+theta, rollback of theta and moments, max_rollbacks, the fully masked window); a run whose every task is masked
+reaches that last trigger."""
 
 import os
 
