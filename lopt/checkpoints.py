@@ -356,6 +356,12 @@ def _read_newest(directory: str, step: int | None, trust_unverified: bool = Fals
   raise CheckpointError(f"No checkpoint in {directory} could be restored; tried: {'; '.join(tried)}.")
 
 
+def read(directory: str, step: int | None = None, *, trust_unverified: bool = False) -> tuple[PyTree, int, str]:
+  """``(raw state dict, step, path)`` of a checkpoint, chosen and verified as by ``restore``, not yet fitted to a
+  target (``fit_to_target``): for callers that look at what a checkpoint holds before fitting it."""
+  return _read_newest(directory, step, trust_unverified)
+
+
 def restore(directory: str, target: PyTree, step: int | None = None, *,
             trust_unverified: bool = False) -> tuple[PyTree, int]:
   """Restores a checkpoint into the structure of ``target``.

@@ -308,3 +308,29 @@ def test_the_cli_reports_refusals_in_one_line(run_copy):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "error: Cannot verify the checkpoint(s) checkpoint_00000004.msgpack" in proc.stderr
   assert "trust_unverified_checkpoints" in proc.stderr
+
+
+# --- readable refusals and logs (issue 22) -----------------------------------------------------------------------
+
+def test_adding_a_stability_guard_on_resume_is_refused_in_one_line(run_copy):
+  from lopt.evaluation import hooks
+  from lopt.meta_trainers import stability
+
+  with pytest.raises(ValueError) as info:
+    _run(run_copy, 6, stability=stability.stability_guard(),
+         meta_eval=hooks.periodic_meta_eval(num_tasks=1, num_steps=2), meta_eval_every=2)
+  message = str(info.value)
+  assert message.startswith("meta_train.stability: ") and "\n" not in message and "PyTreeDef" not in message
+  assert "checkpoint_00000004.msgpack" in message and "without a stability guard" in message
+  assert _steps(run_copy) == [1, 2, 3, 4]  # nothing written
+
+
+def test_resuming_a_finished_run_reports_its_last_logged_metrics(run_copy):
+  logged = writers.read_jsonl(os.path.join(run_copy, "metrics.jsonl"))[-1]
+  result = _run(run_copy, 4)
+  assert result.step == 4 and result.metrics
+  assert result.metrics["meta_loss"] == pytest.approx(logged["meta_loss"])
+  message = training.done_message(result)
+  assert "{}" not in message and f"meta_loss = {logged['meta_loss']:.4g}" in message
+  assert training.done_message(outer_loop.MetaTrainResult(theta=None, step=3, metrics={})) == (
+      "Done at step 3; no metrics were logged for it.")

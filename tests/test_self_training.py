@@ -107,3 +107,26 @@ def test_pretrained_outer_optimizer_and_exactly_one_source(trained_workdir):
     learned_meta_optimizer(num_steps=5)
   with pytest.raises(ValueError, match="exactly one"):
     learned_meta_optimizer(workdir=trained_workdir, pretrained="ff_v1", num_steps=5)
+
+
+@pytest.mark.slow  # 154 s on the loaded 2-core machine (compiling lstm_hyper as the outer optimizer dominates)
+def test_self_training_with_a_loss_reading_outer_optimizer(tmp_path):
+  """lstm_hyper, whose update reads ``loss=``, as the outer optimizer (built as ``learned_meta_optimizer`` builds
+  one): its loss buffer is exactly the logged meta-losses folded in, one per outer step."""
+  from lopt.architectures import lstm_hyper, velo_features
+
+  outer = lstm_hyper.lstm_hyper()
+  outer_theta = outer.init(jax.random.key(5))
+  make = lambda: optax.chain(optax.with_extra_args_support(optax.clip_by_global_norm(1.0)),
+                             outer.optimizer(outer_theta, num_steps=3))
+  _run(tmp_path, 3, make())
+  target = make().init(ff.ff_small(hidden_sizes=(4,)).init(jax.random.key(0)))
+  state, _ = checkpoints.restore_entry(str(tmp_path / "checkpoints"), "outer_opt_state", target)
+  logged = [line["meta_loss"] for line in writers.read_jsonl(str(tmp_path / "metrics.jsonl"))]
+  assert len(logged) == 3 and len(set(logged)) == 3
+  buffer = velo_features.init_loss_buffer()
+  for loss in logged:
+    buffer = velo_features.update_loss_buffer(buffer, loss, velo_features.loss_decays(3))
+  got = state[1].loss
+  assert int(got["count"]) == 3
+  np.testing.assert_allclose(np.asarray(got["means"]), np.asarray(buffer["means"]), rtol=1e-4)

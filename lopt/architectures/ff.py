@@ -13,6 +13,11 @@ starting from the near-constant drift of a randomly initialised MLP.
 With ``normalize_update`` (Celo2, arXiv 2025) each tensor's update is divided by its RMS, so the step size alone sets
 how far a tensor moves.
 
+Neither reads the loss: ``update`` accepts ``loss=`` (and any other extra argument, e.g. ``valid_loss=``) and
+ignores it, so the step depends only on gradients, parameters, the optimizer state and progress
+(``reads_valid_loss`` is False: inner loops never compute a validation loss for it). ``per_tensor`` and
+``lstm_hyper`` are the architectures with loss features.
+
 Inputs shared by a whole tensor (the progress embedding) enter the first layer as a bias rather than being
 broadcast to every parameter (see ``layers.apply_mlp``).
 

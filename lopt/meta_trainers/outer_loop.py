@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import signal
 import threading
+import time
 from typing import Any, Callable, Mapping
 
 import jax
@@ -224,8 +225,12 @@ def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_
       # Evaluations are local computations; only process 0 writes their results, so only it runs them.
       if (meta_eval is not None and meta_eval_every and main_process
           and (done % meta_eval_every == 0 or done == num_outer_steps)):
+        started = time.monotonic()
+        logging.info("Meta-evaluation at step %d of %d ...", done, num_outer_steps)
         scores = meta_eval(theta=sharding.to_host(run.theta), step=done, architecture=run.architecture,
                            task_sampler=run.task_sampler)
+        logging.info("Meta-evaluation at step %d of %d done in %.1f s: %s", done, num_outer_steps,
+                     time.monotonic() - started, _headline(scores))
         writer.write_scalars(done, {f"meta_eval/{k}": float(v) for k, v in scores.items()})
         if guard is not None:  # stability guard (stability.py): keeps the best theta, may roll back
           run.theta, run.opt_state = guard.on_meta_eval(run.theta, run.opt_state, done, scores)
@@ -238,6 +243,13 @@ def _loop(run: _Run, *, num_outer_steps: int, writer: writers.MetricWriter, log_
   if not (run.restored and done == run.start_step):  # a finished run's checkpoint is not written again
     save(done)
   return done, last_metrics, False
+
+
+def _headline(scores: Mapping[str, float], limit: int = 4) -> str:
+  """The scores a progress line shows: those averaged over families (``mean/...``) when there are any."""
+  names = sorted(k for k in scores if k.startswith("mean/")) or sorted(scores)
+  shown = ", ".join(f"{k} = {float(scores[k]):.4g}" for k in names[:limit])
+  return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 # meta_train's plugin arguments: (argument, type it must have, how a gin file gives one).
@@ -361,8 +373,10 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
         meta_eval_every=meta_eval_every, workdir=workdir, main_process=main_process)
     run, state = _build(task_sampler=task_sampler, architecture=architecture, estimator=estimator,
                         meta_optimizer=meta_optimizer, seed=seed, workdir=Workdir(workdir))
+    check = lambda raw, path: stability_lib.check_resume(
+        raw.get("outer_opt_state") if isinstance(raw, dict) else None, guarded=guard is not None, path=path)
     state, run.restored = run_safety.restore_state(run.workdir, state, main_process=main_process,
-                                                 trust_unverified=trust_unverified_checkpoints)
+                                                 trust_unverified=trust_unverified_checkpoints, check=check)
     if warm_start is not None and run.restored:
       logging.info("Not applying the warm start %s: the workdir has checkpoints of its own.", warm_start)
     elif warm_start is not None:
@@ -387,6 +401,8 @@ def meta_train(*, task_sampler: TaskSampler, architecture: LearnedOptimizer, est
           guard=guard)
     finally:
       writer.close()
+    if run.restored and done == run.start_step and main_process and not last_metrics:
+      last_metrics = run_safety.logged_metrics(run.workdir, done)  # a finished run: what it logged last
     theta = sharding.to_host(guard.final_theta(run.theta, run.opt_state) if guard else run.theta)
     if interrupted:
       return MetaTrainResult(theta=theta, step=done, metrics=last_metrics, interrupted=True)

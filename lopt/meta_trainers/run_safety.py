@@ -7,7 +7,7 @@
   never skipped into a fresh start. Metric records after the restored step are dropped (all of them when there is no
   checkpoint: a kill before the first one must not leave its steps in ``metrics.jsonl`` twice).
 - ``final_evaluation_once``: resuming a run that is already finished does not repeat its final evaluation unless
-  asked; the report it wrote is read back.
+  asked; the report it wrote is read back. ``logged_metrics`` likewise reads back its last logged metrics.
 """
 
 from __future__ import annotations
@@ -36,9 +36,12 @@ def prepare_workdir(workdir: Workdir) -> list[str]:
   return removed
 
 
-def restore_state(workdir: Workdir, state: PyTree, *, main_process: bool,
-                  trust_unverified: bool) -> tuple[PyTree, bool]:
+def restore_state(workdir: Workdir, state: PyTree, *, main_process: bool, trust_unverified: bool,
+                  check: Callable[[PyTree, str], None] | None = None) -> tuple[PyTree, bool]:
   """``(state, restored)``: ``state`` replaced by the workdir's newest verified checkpoint when there is one.
+
+  ``check(raw, path)``, when given, sees the checkpoint as read before it is fitted to ``state``, so it can refuse a
+  known mismatch with a readable error (``stability.check_resume``).
 
   Raises:
     lopt.checkpoints.UnverifiedCheckpointError: a checkpoint without sidecar would be used or skipped; the message
@@ -50,9 +53,12 @@ def restore_state(workdir: Workdir, state: PyTree, *, main_process: bool,
   restored = False
   if checkpoints.steps_on_disk(ckpt_dir):
     try:
-      state, _ = checkpoints.restore(ckpt_dir, state, trust_unverified=trust_unverified)
+      raw, _, path = checkpoints.read(ckpt_dir, trust_unverified=trust_unverified)
     except checkpoints.UnverifiedCheckpointError as e:
       raise checkpoints.UnverifiedCheckpointError(f"{e} {TRUST_HINT}", e.paths) from e
+    if check is not None:
+      check(raw, path)
+    state = checkpoints.fit_to_target(path, state, raw)
     restored = True
     logging.info("Resuming from step %d in %s", int(state["step"]), ckpt_dir)
   if main_process:
@@ -61,6 +67,21 @@ def restore_state(workdir: Workdir, state: PyTree, *, main_process: bool,
     if dropped:
       logging.info("Dropped %d metric records logged after step %d; they are computed again.", dropped, step)
   return state, restored
+
+
+def logged_metrics(workdir: Workdir, step: int) -> dict[str, float]:
+  """The training metrics last logged at ``step`` in the workdir's ``metrics.jsonl`` ({} when there are none).
+
+  A resumed run that was already finished runs no step; these are the metrics its result reports, as the
+  uninterrupted run's did (not ``{}``).
+  """
+  if not os.path.isfile(workdir.metrics):
+    return {}
+  rows = [r for r in writers.read_jsonl(workdir.metrics)
+          if r.get("step") == step and not any(k.startswith("meta_eval/") for k in r)]
+  if not rows:
+    return {}
+  return {k: float("nan") if v is None else float(v) for k, v in rows[-1].items() if k != "step"}
 
 
 def final_evaluation_once(final_evaluation: Callable[..., Any], workdir: Workdir, *, ran_steps: bool,

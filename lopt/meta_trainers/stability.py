@@ -8,7 +8,9 @@ is worse than the initialisation. The guard (``meta_train(stability=stability_gu
    state and written as the workdir's ``best`` checkpoint (``Workdir.best_checkpoints``).
 2. **Climb detection.** The run is *climbing* when the meta-eval score exceeds ``eval_factor`` times its best, or
    when the trailing mean (an EMA over logged steps) of the meta-loss exceeds ``loss_factor`` times its lowest
-   value, or when either is not finite.
+   value, or when either is not finite. lopt's estimators mask diverged tasks, so their logged meta-loss is always
+   finite; a logged window whose every step had all tasks masked (``fully_masked_steps`` and no ``meta_loss``, see
+   ``masking``) is how a non-finite meta-loss shows, and counts as one.
 3. **Reaction.** A warning, then theta and the outer optimizer's moments are rolled back to the best theta's, and
    the outer learning rate is multiplied by ``lr_factor`` (updates are scaled, so nothing recompiles). The
    meta-loss EMA restarts from its best. After ``max_rollbacks`` rollbacks the guard only warns.
@@ -155,8 +157,12 @@ class Guard:
 
   def on_metrics(self, theta: Any, opt_state: GuardState, step: int,
                  metrics: Mapping[str, float]) -> tuple[Any, GuardState]:
-    """After a metrics write: updates the meta-loss EMA; rolls back when it climbs far above its lowest value."""
+    """After a metrics write: updates the meta-loss EMA; rolls back when it climbs far above its lowest value, is
+    not finite, or when every step of the window had all its tasks masked (no meta-loss at all)."""
     if "meta_loss" not in metrics:
+      if metrics.get("fully_masked_steps", 0) > 0:  # every logged step masked: the meta-loss diverged
+        return self._rollback(theta, opt_state, step, f"every task of the {int(metrics['fully_masked_steps'])} "
+                              "logged step(s) was masked (no finite meta-loss)")
       return theta, opt_state
     s = self.settings
     loss = float(metrics["meta_loss"])
@@ -198,6 +204,28 @@ class Guard:
   def final_theta(self, theta: Any, opt_state: GuardState) -> Any:
     """The run's artefact: the best theta when a meta-evaluation chose one, else the last."""
     return opt_state.best_theta if int(opt_state.best_step) >= 0 else theta
+
+
+def check_resume(raw_outer_opt_state: Any, *, guarded: bool, path: str) -> None:
+  """Refuses, in one line naming ``meta_train.stability``, a checkpoint written with(out) a guard resumed without
+  (with) one: the outer optimizer states differ in structure, so fitting them would fail with a tree dump.
+
+  Args:
+    raw_outer_opt_state: the checkpoint's ``outer_opt_state`` entry as read (a state dict).
+    guarded: whether the resuming run has a guard.
+    path: the checkpoint file, for the message.
+  """
+  had = isinstance(raw_outer_opt_state, Mapping) and set(GuardState._fields) <= set(raw_outer_opt_state)
+  if guarded and not had:
+    raise arguments.ArgumentError(
+        "meta_train.stability", f"the run was started without a stability guard (checkpoint {path}), and a guard "
+        "cannot be added when resuming: its state (best theta, learning-rate scale) is part of the checkpoint. "
+        "Remove the meta_train.stability binding to resume, or start a new --workdir (warm-start it from "
+        "lopt.load_trained(workdir).theta).")
+  if had and not guarded:
+    raise arguments.ArgumentError(
+        "meta_train.stability", f"the run was started with a stability guard (checkpoint {path}), and resuming it "
+        "needs one: bind meta_train.stability = @stability_guard() as in its config.gin, or start a new --workdir.")
 
 
 def setup(settings: StabilityGuard | None, meta_optimizer: optax.GradientTransformation, *, meta_eval: Any,

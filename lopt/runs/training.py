@@ -158,5 +158,13 @@ def launch(workdir: str, *, gin_configs: Sequence[str] = (), gin_bindings: Seque
   if result.interrupted:
     logging.info("Interrupted at step %d; run the same command to resume.", result.step)
   else:
-    logging.info("Done at step %d; final metrics %s", result.step, result.metrics)
+    logging.info(done_message(result))
   return result
+
+
+def done_message(result: MetaTrainResult) -> str:
+  """The line ``launch`` logs at the end of a run (the metrics of its last logged step, when there are any)."""
+  if not result.metrics:
+    return f"Done at step {result.step}; no metrics were logged for it."
+  shown = ", ".join(f"{k} = {v:.4g}" for k, v in sorted(result.metrics.items()))
+  return f"Done at step {result.step}; final metrics: {shown}"
