@@ -11,7 +11,7 @@ explains the output. Without --workdir only the baselines are evaluated.
 from absl import app, flags
 
 import lopt
-from lopt import runs, writers
+from lopt import compilation_cache, runs, writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "meta_train workdir of the learned optimizer (config.gin, checkpoints)")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the newest that verifies (a "
@@ -34,6 +34,7 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", None, "Steps between test losse
                                    lower_bound=1)
 _FAST_COMPILE = flags.DEFINE_bool("fast_compile", False, "Faster XLA compiles, slower steps (training.FAST_COMPILE).")
 _WANDB_MODE = flags.DEFINE_enum("wandb_mode", "offline", list(writers.WANDB_MODES), "wandb mode.")
+_COMPILATION_CACHE = flags.DEFINE_string("compilation_cache", None, compilation_cache.FLAG_HELP)
 _TENSORBOARD = flags.DEFINE_enum("tensorboard", "auto", ["auto", "on", "off"],
                                  "TensorBoard event files: auto writes them when the [tensorboard] extra is installed.")
 
@@ -47,6 +48,7 @@ def main(argv):
   if _WORKDIR.value is not None and _PRETRAINED.value is not None:
     raise app.UsageError("Give --workdir or --pretrained, not both.")
   with runs.user_errors():
+    compilation_cache.enable(_COMPILATION_CACHE.value)
     runs.evaluate_workdir(_WORKDIR.value, step=_STEP.value, out_dir=_OUT_DIR.value, suite=_SUITE.value,
                           baselines=_BASELINES.value, num_steps=_NUM_STEPS.value, num_seeds=_NUM_SEEDS.value,
                           seed=_SEED.value, baseline_steps_factor=_FACTOR.value, eval_every=_EVAL_EVERY.value,
