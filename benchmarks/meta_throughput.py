@@ -68,7 +68,7 @@ def _estimators():
   kw = dict(num_tasks=NUM_TASKS, truncation_length=TRUNCATION, horizon=HORIZON)
   return {
       "tbptt": (tbptt.tbptt(**kw), NUM_TASKS * TRUNCATION),
-      "tbptt_remat": (tbptt.tbptt(**kw, remat=True), NUM_TASKS * TRUNCATION),
+      "tbptt_no_remat": (tbptt.tbptt(**kw, remat=False), NUM_TASKS * TRUNCATION),
       "tbptt_first_order": (tbptt.tbptt(**kw, first_order=True), NUM_TASKS * TRUNCATION),
       "es": (es.es(**kw), 2 * NUM_TASKS * TRUNCATION),
       "es_full": (es.es(**kw, full_horizon=True), 2 * NUM_TASKS * HORIZON),
