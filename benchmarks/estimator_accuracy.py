@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 import estimator_harness as harness  # noqa: E402  pylint: disable=wrong-import-position
+from lopt import compilation_cache  # noqa: E402  pylint: disable=wrong-import-position
 from lopt.meta_trainers import antithetic, es, pes, tbptt  # noqa: E402  pylint: disable=wrong-import-position
 from lopt.meta_trainers.truncation import Truncation  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -113,7 +114,9 @@ def main(argv=None):
   parser.add_argument("--truncations", type=int, default=40)
   parser.add_argument("--stds", default="0.01,0.1")
   parser.add_argument("--output", default=None)
+  compilation_cache.add_argument(parser)
   args = parser.parse_args(argv)
+  compilation_cache.enable(args.compilation_cache)
   rows = accuracy([int(n) for n in args.task_counts.split(",")], [int(s) for s in args.seeds.split(",")])
   drifts = {float(s): drift(args.drift_tasks, args.truncations, float(s)) for s in args.stds.split(",")}
   print(_markdown(rows, drifts))

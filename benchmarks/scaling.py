@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from lopt import compilation_cache
+
 
 NUM_TASKS, TRUNCATION, HORIZON = 8, 10, 200
 INNER_STEPS_PER_CALL = 2 * NUM_TASKS * TRUNCATION
@@ -75,7 +77,8 @@ def _run_child(devices: int, args) -> dict:
   if not args.no_force:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
   command = [sys.executable, os.path.abspath(__file__), f"--child={devices}", f"--calls={args.calls}",
-             f"--estimators={args.estimators}"]
+             f"--estimators={args.estimators}",
+             f"--compilation_cache={compilation_cache.resolve(args.compilation_cache) or compilation_cache.OFF}"]
   proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     raise RuntimeError(f"{devices} devices failed:\n{proc.stderr[-3000:]}")
@@ -91,8 +94,10 @@ def main() -> None:
   parser.add_argument("--no_force", action="store_true", help="use the accelerators present; no forced host devices")
   parser.add_argument("--output", default="", help="write the results as JSON here")
   parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+  compilation_cache.add_argument(parser)
   args = parser.parse_args()
   if args.child:
+    compilation_cache.enable(args.compilation_cache)
     print(json.dumps(_child(args)))
     return
 

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lopt import runs, writers  # noqa: E402
+from lopt import compilation_cache, runs, writers  # noqa: E402
 from lopt.workdir import Workdir  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +61,9 @@ def main() -> None:
   parser.add_argument("--seeds", default="0", help="comma-separated meta_train seeds")
   parser.add_argument("--out", default="/tmp/self_training.json")
   parser.add_argument("--plot", default="/tmp/self_training.png")
+  compilation_cache.add_argument(parser)
   args = parser.parse_args()
+  compilation_cache.enable(args.compilation_cache)
   if (args.outer_workdir is None) == (args.outer_pretrained is None):
     parser.error("give exactly one of --outer_workdir and --outer_pretrained")
   seeds = [int(s) for s in args.seeds.split(",")]

@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from lopt import registry  # noqa: E402
+from lopt import compilation_cache, registry  # noqa: E402
 import lopt.architectures  # noqa: E402,F401  registers every architecture.
 
 SIZES = (784, 1024, 256, 10)
@@ -89,7 +89,9 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=30, help="timed rounds (the median is reported)")
   parser.add_argument("--steps_per_repeat", type=int, default=3, help="steps per timed round")
   parser.add_argument("--out", default="step_overhead.json", help="JSON output path")
+  compilation_cache.add_argument(parser)
   args = parser.parse_args()
+  cache_dir = compilation_cache.enable(args.compilation_cache)
   names = [n for n in args.optimizers.split(",") if n]  # a comma inside "(8,)" is rejoined below
   names = _rejoin(names)
   if "adam" not in names:
@@ -142,7 +144,10 @@ def main() -> None:
   with open(args.out, "w") as f:
     json.dump({"num_params": int(num_params), "batch": BATCH, "repeats": args.repeats,
                "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
-               "load_average": os.getloadavg(), "results": results}, f, indent=2)
+               "load_average": os.getloadavg(), "compilation_cache": cache_dir, "results": results}, f, indent=2)
+  if cache_dir:
+    print(f"(compile s: compilation, or a load from the compilation cache {cache_dir} when it holds the program; "
+          "--compilation_cache=off to time compilation)")
   print(f"wrote {args.out}")
 
 

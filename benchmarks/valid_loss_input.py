@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 import lopt
+from lopt import compilation_cache
 from lopt.evaluation import training
 from lopt.meta_trainers import outer_loop, pes
 from lopt.tasks import fixed, image_mlp
@@ -48,7 +49,9 @@ def main() -> None:
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--num_outer_steps", type=int, default=150)
   parser.add_argument("--out", default="/tmp/valid_loss_input.json")
+  compilation_cache.add_argument(parser)
   args = parser.parse_args()
+  compilation_cache.enable(args.compilation_cache)
   rows = []
   for seed in (int(s) for s in args.seeds.split(",")):
     for name, valid_every in (("fed", 10), ("zeroed", 0)):

@@ -14,7 +14,7 @@ explains the output. Without --workdir only the baselines are evaluated.
 from absl import app, flags
 
 import lopt
-from lopt import runs, writers
+from lopt import compilation_cache, runs, writers
 from lopt.evaluation import baseline_cache, scoring
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "meta_train workdir of the learned optimizer (config.gin, checkpoints)")
@@ -44,6 +44,7 @@ _BASELINE_CACHE = flags.DEFINE_string("baseline_cache", None, "Directory of cach
                                       "$LOPT_BASELINE_CACHE, else ~/.cache/lopt/baselines; '' or 'off' disables it.")
 _FAST_COMPILE = flags.DEFINE_bool("fast_compile", False, "Faster XLA compiles, slower steps (training.FAST_COMPILE).")
 _WANDB_MODE = flags.DEFINE_enum("wandb_mode", "offline", list(writers.WANDB_MODES), "wandb mode.")
+_COMPILATION_CACHE = flags.DEFINE_string("compilation_cache", None, compilation_cache.FLAG_HELP)
 _TENSORBOARD = flags.DEFINE_enum("tensorboard", "auto", ["auto", "on", "off"],
                                  "TensorBoard event files: auto writes them when the [tensorboard] extra is installed.")
 
@@ -57,6 +58,7 @@ def main(argv):
   if _WORKDIR.value is not None and _PRETRAINED.value is not None:
     raise app.UsageError("Give --workdir or --pretrained, not both.")
   with runs.user_errors():
+    compilation_cache.enable(_COMPILATION_CACHE.value)
     runs.evaluate_workdir(_WORKDIR.value, step=_STEP.value, out_dir=_OUT_DIR.value, suite=_SUITE.value,
                           baselines=_BASELINES.value, num_steps=_NUM_STEPS.value, num_seeds=_NUM_SEEDS.value,
                           seed=_SEED.value, baseline_steps_factor=_FACTOR.value, eval_every=_EVAL_EVERY.value,

@@ -1,7 +1,13 @@
 """Shared test fixtures."""
 
+import os
+
 import gin
 import pytest
+
+# The entry points the tests start as processes would fill the user's ~/.cache/lopt/jax; tests of the cache
+# (tests/test_compilation_cache.py) pass their own directory.
+os.environ.setdefault("LOPT_COMPILATION_CACHE", "off")
 
 
 @pytest.fixture

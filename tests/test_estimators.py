@@ -37,7 +37,7 @@ def _sgd(learning_rate: float) -> LearnedOptimizer:
 
 DIVERGING = dict(num_tasks=8, truncation_length=5, horizon=20, max_loss=10.0)
 ESTIMATORS = {
-    "tbptt_remat": lambda: tbptt.tbptt(**DIVERGING, remat=True),
+    "tbptt_no_remat": lambda: tbptt.tbptt(**DIVERGING, remat=False),
     "es": lambda: es.es(**DIVERGING, num_pairs=2),
     "es_full": lambda: es.es(**DIVERGING, full_horizon=True),
     "pes": lambda: pes.pes(**DIVERGING),

@@ -14,7 +14,8 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Lowest first. A module may import modules of its own layer and of lower ones only.
 LAYERS: list[tuple[str, ...]] = [
-    ("lopt.types", "lopt.arguments", "lopt.registry", "lopt.workdir", "lopt.progress"),  # foundations
+    ("lopt.types", "lopt.arguments", "lopt.registry", "lopt.workdir", "lopt.progress",
+     "lopt.compilation_cache"),  # foundations
     ("lopt.checkpoints", "lopt.writers", "lopt.locks"),  # persistence, metric writers, run-directory locks
     ("lopt.tasks",),  # inner problems
     ("lopt.architectures",),  # learned optimizers and hand-designed baselines

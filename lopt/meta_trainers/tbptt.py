@@ -2,8 +2,10 @@
 
 Each estimate differentiates the meta-objective of one K-step truncation through the inner updates, treating the
 incoming inner state as a constant. Cheap and low-variance, but biased towards short-horizon (greedy) behaviour:
-it never sees how this truncation's updates affect later ones. Memory grows with K unless ``remat`` recomputes
-each inner step in the backward pass. ``first_order`` drops the second-order terms (the inner gradients are
+it never sees how this truncation's updates affect later ones. ``remat`` (the default) recomputes each inner step
+in the backward pass, so memory does not grow with K's intermediates; on CPU it is also faster than saving them
+(docs/benchmarks.md: the scan's stacked per-step buffers of ff's update cost more to write and read than to
+recompute). ``first_order`` drops the second-order terms (the inner gradients are
 treated as constants), which makes each estimate cheaper on neural tasks at the price of a further bias.
 """
 
@@ -28,7 +30,7 @@ from lopt.types import MetaParams, PRNGKey
 @register("estimator", "tbptt")
 def tbptt(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200, stagger: bool = True,
           meta_loss_split: str = "train", valid_every: int = 10, objective: str = "mean", schedule: str = "constant",
-          min_horizon: int | None = None, max_loss: float = 1e3, remat: bool = False,
+          min_horizon: int | None = None, max_loss: float = 1e3, remat: bool = True,
           first_order: bool = False) -> GradientEstimator:
   """Truncated backprop through time over K-step truncations (biased to short horizons; remat saves memory).
 
@@ -44,7 +46,8 @@ def tbptt(*, num_tasks: int = 8, truncation_length: int = 10, horizon: int = 200
     schedule: ``"constant"``, ``"log_uniform"`` or ``"never_ending"``.
     min_horizon: shortest episode of ``"log_uniform"``.
     max_loss: bound on the normalised objective beyond which a task is masked and restarted.
-    remat: rematerialise inner steps in the backward pass (less memory, about one more forward pass of compute).
+    remat: rematerialise inner steps in the backward pass (less memory; about one more forward pass of compute,
+      but faster than saving every intermediate on CPU). False saves them (the behaviour before 0.2.0).
     first_order: do not differentiate through the inner gradients (no Hessian terms; cheaper, biased).
   """
   settings = Truncation(num_tasks=num_tasks, truncation_length=truncation_length, horizon=horizon,

@@ -5,7 +5,7 @@ workdir's lock, refuses a config that changes what the workdir's checkpoints mea
 config as the workdir's ``config.gin`` once ``meta_train`` has restored (or initialised) its state, and after the run
 replaces it by the operative config. The log, headed by the full config, is appended to ``meta_train.log`` (the
 console shows one line for the config). ``launch`` adds what only a process of its own may do before JAX starts: one CPU
-device per core and ``jax.distributed``.
+device per core, JAX's persistent compilation cache (``lopt.compilation_cache``) and ``jax.distributed``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import gin
 from absl import logging
 
-from lopt import checkpoints, config, locks
+from lopt import checkpoints, compilation_cache, config, locks
 from lopt.meta_trainers import sharding
 from lopt.meta_trainers.outer_loop import MetaTrainResult
 from lopt.runs import config_check
@@ -143,16 +143,19 @@ def meta_train_in_workdir(workdir: str, *, gin_configs: Sequence[str] = (), gin_
 
 def launch(workdir: str, *, gin_configs: Sequence[str] = (), gin_bindings: Sequence[str] = (),
            wandb_mode: str = "offline", coordinator_address: str | None = None, num_processes: int | None = None,
-           process_id: int | None = None, distributed: bool = False) -> MetaTrainResult:
+           process_id: int | None = None, distributed: bool = False,
+           compilation_cache_dir: str | None = None) -> MetaTrainResult:
   """``meta_train_in_workdir`` as a process of its own: call before anything has started JAX's backends.
 
   On CPU the task batch is split over one host device per core unless ``XLA_FLAGS`` sets a device count; with any
   of the distributed arguments (or ``distributed=True`` for JAX's cluster auto-detection) ``jax.distributed`` is
-  started first (see docs/distributed.md).
+  started first (see docs/distributed.md). JAX's persistent compilation cache is on: ``compilation_cache_dir`` is a
+  directory, ``"off"``, or None for ``lopt.compilation_cache``'s default (``LOPT_COMPILATION_CACHE``, ...).
   """
   cores = sharding.use_all_cpu_cores()
   if cores:
     logging.info("Using %d host CPU devices (one per core); set XLA_FLAGS to choose another count.", cores)
+  compilation_cache.enable(compilation_cache_dir)
   sharding.initialize_distributed(coordinator_address, num_processes, process_id, auto_detect=distributed)
   result = meta_train_in_workdir(workdir, gin_configs=gin_configs, gin_bindings=gin_bindings, wandb_mode=wandb_mode)
   if result.interrupted:
