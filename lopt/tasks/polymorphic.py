@@ -24,7 +24,7 @@ import optax
 from lopt import arguments
 from lopt.registry import register
 from lopt.tasks import padded
-from lopt.tasks.base import SPLITS, Task, TaskFamily, TaskSampler
+from lopt.tasks.base import SPLITS, Task, TaskFamily, TaskSampler, check_family
 from lopt.tasks.model_family import ACTIVATIONS, sample_init_scale
 from lopt.tasks.samplers import mixture
 from lopt.types import PRNGKey, PyTree
@@ -271,8 +271,14 @@ def structures(task_families: Sequence[TaskFamily] | None = None,
   Returns:
     A sampler over the families; its name gives the number of structures they span together.
   """
-  families = tuple(task_families) if task_families is not None else (
-      mlp_structures(), autoencoder_structures(), quadratic_structures())
+  if task_families is None:
+    families = (mlp_structures(), autoencoder_structures(), quadratic_structures())
+  elif isinstance(task_families, (str, bytes)) or not isinstance(task_families, Sequence):
+    raise arguments.ArgumentError("task_samplers.structures.task_families", "must be a list of task families, "
+                                  f"e.g. [@task_families.mlp_structures()], got {task_families!r}.")
+  else:
+    families = tuple(check_family(f"task_samplers.structures.task_families[{i}]", f)
+                     for i, f in enumerate(task_families))
   base = mixture(families, weights if weights is not None else [float(f.num_structures) for f in families])
   total = sum(f.num_structures for f in base.families)
   return TaskSampler(name=f"structures(n={total},{base.name})", families=base.families, sample=base.sample)
