@@ -12,7 +12,7 @@ import pytest
 
 import lopt
 from lopt import registry
-from lopt.tasks import quadratic
+from lopt.tasks import quadratic, quadratic_structures
 
 FAMILIES = (quadratic(dim=2), quadratic(dim=3), quadratic(dim=4))
 
@@ -21,6 +21,7 @@ SAMPLERS = {
     "fixed": (lambda f: f(FAMILIES[0]), 1),
     "mixture": (lambda f: f(list(FAMILIES), weights=[1.0, 1.0, 2.0]), 3),
     "parametric": (lambda f: f(num_structures=6, seed=3, kinds=("quadratic", "classic_2d")), None),
+    "structures": (lambda f: f([quadratic_structures(max_dim=4), quadratic_structures(max_dim=8)]), 2),
 }
 NAMES = registry.names("task_sampler")
 DRAWS = 300

@@ -36,6 +36,11 @@ CONFORMANCE = {
     "reparametrize": (lambda: tasks.reparametrize(_small_mlp(), min_scale=0.3, max_scale=3.0), 1e-2, 0.8),
     "reduced_batch": (lambda: tasks.reduced_batch(_small_mlp(), batch_size=8), 1e-2, 0.9),
     "bfloat16": (lambda: tasks.bfloat16(_small_mlp()), 1e-2, 0.8),
+    # Structure-polymorphic families: every task of the batch has its own structure.
+    "mlp_structures": (lambda: tasks.mlp_structures(widths=(8, 16), max_depth=2), 1e-2, 0.8),
+    "autoencoder_structures": (lambda: tasks.autoencoder_structures(widths=(8, 16), max_depth=2,
+                                                                    input_sizes=(32, 64)), 1e-2, 0.9),
+    "quadratic_structures": (lambda: tasks.quadratic_structures(max_dim=16), 1e-1, 0.6),
 }
 
 

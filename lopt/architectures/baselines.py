@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt import arguments
+from lopt.architectures import masked_stats
 from lopt.architectures.base import LearnedOptimizer
 from lopt.registry import register
 from lopt.types import MetaParams, PRNGKey
@@ -35,8 +36,9 @@ def _adam_hypers(owner: str, learning_rate: Any, b1: Any, b2: Any, eps: Any, *, 
 
 
 def _with_extra_args(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-  """Lets a plain optax transformation accept (and ignore) the ``loss`` keyword learned optimizers get."""
-  return optax.with_extra_args_support(tx)
+  """Lets a plain optax transformation accept (and ignore) the ``loss`` keyword learned optimizers get, and the
+  ``mask`` of a padded structure (inactive entries get a zero update; see ``masked_stats``)."""
+  return masked_stats.masked_updates(tx)
 
 
 def _in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformation:

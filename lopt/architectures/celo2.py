@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt import arguments
-from lopt.architectures import features
+from lopt.architectures import features, masked_stats
 from lopt.architectures.base import LearnedOptimizer, check_decay
 from lopt.architectures.small_mlp import apply_small_mlp
 from lopt.registry import register
@@ -56,10 +56,11 @@ def num_features(num_momenta: int = 3, num_factored: int = 3, *, matrix: bool = 
   return 6 + 2 * num_momenta + num_factored + (5 * num_factored if matrix else 0)
 
 
-def _normalize(x: jax.Array, eps: float = 1e-9) -> jax.Array:
-  """``x`` over its root mean square across the last two axes (the whole tensor for vectors and scalars)."""
+def _normalize(x: jax.Array, eps: float = 1e-9, mask: jax.Array | None = None) -> jax.Array:
+  """``x`` over its root mean square across the last two axes (the whole tensor for vectors and scalars), taken
+  over the active entries of ``mask``."""
   axes = tuple(range(max(x.ndim - 2, 0), x.ndim))
-  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True) + eps)
+  return x * jax.lax.rsqrt(masked_stats.mean(jnp.square(x), mask, axis=axes, keepdims=True) + eps)
 
 
 def _safe_rsqrt(x: jax.Array) -> jax.Array:
@@ -96,14 +97,16 @@ class Celo2State(NamedTuple):
 
 
 def _factored_features(g: jax.Array, momenta: Sequence[jax.Array], rows: Sequence[jax.Array],
-                       cols: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+                       cols: Sequence[jax.Array], mask: jax.Array | None = None
+                       ) -> tuple[list[jax.Array], list[jax.Array]]:
   """The gradient over each factored root (every tensor) and the matrix-only factored features."""
   if not features.is_factored(g.shape):
     return [g * _safe_rsqrt(v + 1e-9) for v in rows], []
   scaled, matrix = [], []
   row_feats, col_feats, row_rsqrts, col_rsqrts = [], [], [], []
   for m, row, col in zip(momenta, rows, cols):
-    row_factor = _safe_rsqrt(row / (jnp.mean(row, axis=-1, keepdims=True) + 1e-9))[..., :, None]
+    row_mean = masked_stats.mean(row, masked_stats.rows(mask), axis=-1, keepdims=True)
+    row_factor = _safe_rsqrt(row / (row_mean + 1e-9))[..., :, None]
     col_factor = _safe_rsqrt(col)[..., None, :]
     scaled.append(g * row_factor * col_factor)
     row_b, col_b = jnp.broadcast_to(row[..., :, None], g.shape), jnp.broadcast_to(col[..., None, :], g.shape)
@@ -116,13 +119,15 @@ def _factored_features(g: jax.Array, momenta: Sequence[jax.Array], rows: Sequenc
 
 
 def direction_inputs(p: jax.Array, g: jax.Array, momenta: Sequence[jax.Array], rms: jax.Array,
-                     rows: Sequence[jax.Array], cols: Sequence[jax.Array]) -> list[jax.Array]:
-  """The MLP's inputs for one tensor, each normalised over the last two axes (``num_features`` of them)."""
+                     rows: Sequence[jax.Array], cols: Sequence[jax.Array],
+                     mask: jax.Array | None = None) -> list[jax.Array]:
+  """The MLP's inputs for one tensor, each normalised over the last two axes (``num_features`` of them) on the
+  active entries of ``mask``."""
   rsqrt = jax.lax.rsqrt(rms + 1e-8)
-  fac_g, matrix = _factored_features(g, momenta, rows, cols)
+  fac_g, matrix = _factored_features(g, momenta, rows, cols, mask)
   raw = [g, jnp.clip(g, -0.1, 0.1), p.astype(jnp.float32), *momenta, rms, *(m * rsqrt for m in momenta), rsqrt,
          *fac_g, g * rsqrt, *matrix]
-  return [_normalize(x) for x in raw]
+  return [_normalize(x, mask=mask) for x in raw]
 
 
 def momentum_input_index(num_momenta: int = 3) -> int:
@@ -132,7 +137,7 @@ def momentum_input_index(num_momenta: int = 3) -> int:
 
 def scale_by_celo2(theta: MetaParams, *, orthogonalize: bool = True, normalize_output: bool = True, ns_steps: int = 5,
                    momentum_decays: Sequence[float] = MOMENTUM_DECAYS, rms_decay: float = RMS_DECAY,
-                   factored_decays: Sequence[float] = FACTORED_DECAYS) -> optax.GradientTransformation:
+                   factored_decays: Sequence[float] = FACTORED_DECAYS) -> optax.GradientTransformationExtraArgs:
   """The learned direction, RMS 1 per tensor (over its last two axes); chain a learning rate after it.
 
   Args:
@@ -151,25 +156,31 @@ def scale_by_celo2(theta: MetaParams, *, orthogonalize: bool = True, normalize_o
     return Celo2State(momenta=tuple(zeros() for _ in momentum_decays), rms=zeros(),
                       rows=tuple(row for _ in factored_decays), cols=tuple(col for _ in factored_decays))
 
-  def leaf(g, p, momenta, rms, rows, cols):
+  def leaf(g, p, momenta, rms, rows, cols, active):
     g = jnp.clip(g.astype(jnp.float32), -GRAD_CLIP, GRAD_CLIP)
     momenta = [d * m + (1.0 - d) * g for d, m in zip(momentum_decays, momenta)]
     rms = rms_decay * rms + (1.0 - rms_decay) * jnp.square(g)
     g_sq = jnp.square(g) + 1e-30
-    rows, cols = zip(*(features.update_factored(r, c, g_sq, d) for r, c, d in zip(rows, cols, factored_decays)))
-    (direction,) = apply_small_mlp(layers, direction_inputs(p, g, momenta, rms, rows, cols))
+    rows, cols = zip(*(features.update_factored(r, c, g_sq, d, mask=active)
+                       for r, c, d in zip(rows, cols, factored_decays)))
+    (direction,) = apply_small_mlp(layers, direction_inputs(p, g, momenta, rms, rows, cols, active))
+    # Inactive entries are zeroed before orthogonalising: Newton-Schulz keeps zero rows and columns zero, so the
+    # active block is orthogonalised as the unpadded matrix would be.
+    direction = masked_stats.zero_inactive(direction, active)
     if orthogonalize and direction.ndim >= 2:
       direction = newton_schulz(direction, steps=ns_steps)
-    direction = _normalize(direction) if normalize_output else direction
+    direction = _normalize(direction, mask=active) if normalize_output else direction
     return direction, tuple(momenta), rms, tuple(rows), tuple(cols)
 
-  def update(updates, state: Celo2State, params=None):
+  def update(updates, state: Celo2State, params=None, *, mask=None, **extra):
+    del extra  # the loss and other inputs: the rule reads none
     if params is None:
       raise ValueError("The celo2 learned optimizer needs `params` in update(grads, state, params).")
     treedef = jax.tree.structure(updates)
     per_leaf = lambda trees: treedef.unflatten(list(zip(*(treedef.flatten_up_to(t) for t in trees))))
+    masks = treedef.unflatten(masked_stats.leaves(mask, treedef))
     results = jax.tree.map(leaf, updates, params, per_leaf(state.momenta), state.rms, per_leaf(state.rows),
-                           per_leaf(state.cols))
+                           per_leaf(state.cols), masks)
     flat = treedef.flatten_up_to(results)
     unzip = lambda i: treedef.unflatten([r[i] for r in flat])
     unzip_each = lambda i, n: tuple(treedef.unflatten([r[i][k] for r in flat]) for k in range(n))
@@ -178,7 +189,7 @@ def scale_by_celo2(theta: MetaParams, *, orthogonalize: bool = True, normalize_o
     directions = jax.tree.map(lambda d, p: d.astype(p.dtype), unzip(0), params)
     return directions, new_state
 
-  return optax.GradientTransformation(init, update)
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def schedule_fn(name: str, learning_rate: float | jax.Array, num_steps: int | jax.Array, *,
@@ -306,6 +317,9 @@ def celo2(*, hidden_sizes: Sequence[int] = (8, 8), learning_rate: float = 1e-3, 
     branches = {"learned": optax.chain(*learned),
                 "adamw": optax.adamw(lambda count: adam_multiplier * lr(count), b1=adam_b1, b2=adam_b2,
                                      weight_decay=weight_decay)}
-    return optax.partition(branches, lambda params: route(params, vectors))
+    # The mask of a padded structure is split between the branches like the parameters; the outer wrapper zeroes
+    # what the AdamW branch's weight decay would do to inactive entries.
+    return masked_stats.masked_updates(optax.partition(branches, lambda params: route(params, vectors),
+                                                       mask_compatible_extra_args=True))
 
   return LearnedOptimizer(name="celo2", init=init_theta, optimizer=optimizer)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.architectures import masked_stats
+
 DEFAULT_DECAYS: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
 DEFAULT_TIMESCALES: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
@@ -49,7 +51,7 @@ def per_parameter_features(param: jax.Array, grad: jax.Array, momenta: Sequence[
 
 
 def feature_scales(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.Array], rms: jax.Array,
-                   eps: float = 1e-8) -> jax.Array:
+                   eps: float = 1e-8, mask: jax.Array | None = None) -> jax.Array:
   """Per-tensor normalisers of ``per_parameter_features``: 1/RMS of each over the whole tensor.
 
   The mean squares are written as sums of products of the state arrays (``mean(m**2 / (rms + eps))`` rather than
@@ -57,13 +59,16 @@ def feature_scales(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.Arra
   out, whereas reducing a feature that the update loop also computes made it materialise the feature, one
   tensor-sized temporary per feature.
 
+  With a ``mask`` the means run over the active entries only (``masked_stats``).
+
   Returns:
     Shape ``(num_per_parameter_features(len(momenta)),)``.
   """
   inv_sq = 1.0 / (rms + eps)
-  mean_squares = [jnp.mean(jnp.square(param.astype(jnp.float32))), jnp.mean(jnp.square(grad)),
-                  *(jnp.mean(jnp.square(m)) for m in momenta), jnp.mean(inv_sq),
-                  *(jnp.mean((m * inv_sq) * m) for m in momenta)]
+  mean = lambda x: masked_stats.mean(x, mask)
+  mean_squares = [mean(jnp.square(param.astype(jnp.float32))), mean(jnp.square(grad)),
+                  *(mean(jnp.square(m)) for m in momenta), mean(inv_sq),
+                  *(mean((m * inv_sq) * m) for m in momenta)]
   return jax.lax.rsqrt(jnp.stack(mean_squares) + eps)
 
 
@@ -96,22 +101,26 @@ def factored_shapes(shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, .
   return shape[:-1], shape[:-2] + shape[-1:]
 
 
-def update_factored(row: jax.Array, col: jax.Array, grad_sq: jax.Array,
-                    decay: jax.Array | float) -> tuple[jax.Array, jax.Array]:
-  """EMAs of the row and column means of ``grad_sq``; for vectors ``row`` is the full second moment."""
+def update_factored(row: jax.Array, col: jax.Array, grad_sq: jax.Array, decay: jax.Array | float,
+                    mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """EMAs of the row and column means of ``grad_sq`` (over active entries); for vectors ``row`` is the full
+  second moment."""
   if not is_factored(grad_sq.shape):
     return decay * row + (1.0 - decay) * grad_sq, col
-  row = decay * row + (1.0 - decay) * jnp.mean(grad_sq, axis=-1)
-  col = decay * col + (1.0 - decay) * jnp.mean(grad_sq, axis=-2)
+  row = decay * row + (1.0 - decay) * masked_stats.mean(grad_sq, mask, axis=-1)
+  col = decay * col + (1.0 - decay) * masked_stats.mean(grad_sq, mask, axis=-2)
   return row, col
 
 
-def factored_rsqrt(row: jax.Array, col: jax.Array, shape: Sequence[int], eps: float = 1e-30) -> jax.Array:
-  """1/sqrt of the rank-one second-moment estimate ``row ⊗ col / mean(row)`` (or of ``row`` for vectors)."""
+def factored_rsqrt(row: jax.Array, col: jax.Array, shape: Sequence[int], eps: float = 1e-30,
+                   mask: jax.Array | None = None) -> jax.Array:
+  """1/sqrt of the rank-one second-moment estimate ``row ⊗ col / mean(row)`` (or of ``row`` for vectors); the mean
+  runs over the active rows of ``mask``."""
   if not is_factored(shape):
     return jax.lax.rsqrt(row + eps)
   # Computed as a product of two rsqrts so the full (n, m) estimate is never materialised before the rsqrt.
-  row_scale = jax.lax.rsqrt(row / (jnp.mean(row, axis=-1, keepdims=True) + eps) + eps)
+  row_mean = masked_stats.mean(row, masked_stats.rows(mask), axis=-1, keepdims=True)
+  row_scale = jax.lax.rsqrt(row / (row_mean + eps) + eps)
   return row_scale[..., :, None] * jax.lax.rsqrt(col + eps)[..., None, :]
 
 
@@ -159,8 +168,17 @@ def num_loss_features(num_decays: int = len(LOSS_DECAYS)) -> int:
 # --- Per-tensor statistics ----------------------------------------------------------------------------------------
 
 
-def shape_features(shape: Sequence[int]) -> jax.Array:
-  """Static features of a tensor's shape: one-hot rank (0, 1, 2, >= 3) and log size / 10 and log of each axis."""
+def shape_features(shape: Sequence[int], mask: jax.Array | None = None) -> jax.Array:
+  """Features of a tensor's shape: one-hot rank (0, 1, 2, >= 3) and log size / 10 and log of each axis.
+
+  With a ``mask``, of the active block's shape (``masked_stats.active_shape``); the rank stays the padded one.
+  """
+  if mask is not None and shape:
+    active = masked_stats.active_shape(shape, mask)
+    size = jnp.maximum(masked_stats.active_size(shape, mask), 1.0)
+    one_hot = jnp.asarray([1.0 if min(len(shape), 3) == r else 0.0 for r in range(4)], jnp.float32)
+    logs = jnp.log(jnp.maximum(jnp.stack([size, active[0], active[-1]]), 1.0)) / 10
+    return jnp.concatenate([one_hot, logs])
   rank = min(len(shape), 3)
   size = float(np.prod(shape)) if shape else 1.0
   first = float(shape[0]) if shape else 1.0
@@ -172,20 +190,26 @@ def shape_features(shape: Sequence[int]) -> jax.Array:
 NUM_SHAPE_FEATURES = 7
 
 
-def log_rms(x: jax.Array) -> jax.Array:
-  """log of the root-mean-square of ``x``, clipped to a finite range (for zero and overflowing tensors), / 10."""
-  ms = jnp.mean(jnp.square(jnp.clip(x.astype(jnp.float32), -1e18, 1e18)))
+def log_rms(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """log of the root-mean-square of ``x`` (active entries), clipped to a finite range (for zero and overflowing
+  tensors), / 10."""
+  ms = masked_stats.mean(jnp.square(jnp.clip(x.astype(jnp.float32), -1e18, 1e18)), mask)
   return jnp.log(jnp.clip(ms, 1e-36, 1e36)) / 20.0
 
 
-def tensor_statistics(param: jax.Array, grad: jax.Array, momentum: jax.Array, rms: jax.Array) -> jax.Array:
+def tensor_statistics(param: jax.Array, grad: jax.Array, momentum: jax.Array, rms: jax.Array,
+                      mask: jax.Array | None = None, rms_mask: jax.Array | None = None) -> jax.Array:
   """Aggregated statistics of one tensor: log-RMS of parameter, gradient, momentum and second moment, and the
-  normalised alignment of gradient and momentum (a cheap measure of how consistent the gradient is)."""
+  normalised alignment of gradient and momentum (a cheap measure of how consistent the gradient is).
+
+  ``mask`` marks the active entries of the tensor, ``rms_mask`` those of ``rms`` (its row statistics for matrices).
+  """
   g = jnp.clip(grad.astype(jnp.float32), -1e18, 1e18)
-  align = jnp.mean(g * momentum) * jax.lax.rsqrt(jnp.mean(g * g) * jnp.mean(momentum * momentum) + 1e-30)
+  mean = lambda x: masked_stats.mean(x, mask)
+  align = mean(g * momentum) * jax.lax.rsqrt(mean(g * g) * mean(momentum * momentum) + 1e-30)
   # The second moment's log-mean is taken directly: sqrt at zero has an infinite derivative.
-  rms_stat = jnp.log(jnp.clip(jnp.mean(rms), 1e-36, 1e36)) / 20.0
-  return jnp.stack([log_rms(param), log_rms(grad), log_rms(momentum), rms_stat, align])
+  rms_stat = jnp.log(jnp.clip(masked_stats.mean(rms, rms_mask), 1e-36, 1e36)) / 20.0
+  return jnp.stack([log_rms(param, mask), log_rms(grad, mask), log_rms(momentum, mask), rms_stat, align])
 
 
 NUM_TENSOR_STATISTICS = 5
@@ -202,14 +226,15 @@ def init_factored(params) -> tuple:
 
 
 def compact_inputs(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.Array], row: jax.Array,
-                   col: jax.Array, rms_correction: jax.Array, eps: float = 1e-8) -> tuple[list[jax.Array], jax.Array]:
+                   col: jax.Array, rms_correction: jax.Array, eps: float = 1e-8,
+                   mask: jax.Array | None = None) -> tuple[list[jax.Array], jax.Array]:
   """Per-parameter inputs that need no per-tensor reduction except one for the parameter's scale.
 
   Returns:
     ``[grad, *momenta] / factored_rms`` and the tensor-normalised parameter, as a list of arrays; and the
     (bias-corrected, capped) inverse factored RMS itself, for the nominal step.
   """
-  inv_rms = jnp.minimum(factored_rsqrt(row, col, grad.shape) * rms_correction, 1.0 / eps)
+  inv_rms = jnp.minimum(factored_rsqrt(row, col, grad.shape, mask=mask) * rms_correction, 1.0 / eps)
   p32 = param.astype(jnp.float32)
-  p_n = p32 * jax.lax.rsqrt(jnp.mean(jnp.square(p32)) + 1e-30)
+  p_n = p32 * jax.lax.rsqrt(masked_stats.mean(jnp.square(p32), mask) + 1e-30)
   return [grad * inv_rms, *(m * inv_rms for m in momenta), p_n], inv_rms

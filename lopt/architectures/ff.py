@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt import arguments
-from lopt.architectures import chunking, features, layers
+from lopt.architectures import chunking, features, layers, masked_stats
 from lopt.architectures.base import LearnedOptimizer, check_decay, check_step_arguments
 from lopt.architectures.small_mlp import apply_small_mlp
 from lopt.arguments import ArgumentError
@@ -125,7 +125,7 @@ def ff(*, hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES, decays: Sequence[f
       zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
       return FFState(count=jnp.zeros([], jnp.int32), momenta=tuple(zeros() for _ in decays), rms=zeros())
 
-    def update(grads, state: FFState, params=None, *, loss=None, **extra):
+    def update(grads, state: FFState, params=None, *, loss=None, mask=None, **extra):
       del loss, extra  # ff reads no loss features.
       if params is None:
         raise ValueError("The ff learned optimizer needs `params` in update(grads, state, params).")
@@ -143,10 +143,10 @@ def ff(*, hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES, decays: Sequence[f
         out = layers.apply_mlp_t(theta["mlp"], jnp.stack(inputs), progress_bias)
         return out[0], out[1]
 
-      def leaf_update(g, p, momenta, v):
+      def leaf_update(g, p, momenta, v, active):
         g = features.clip_gradient(g)
         momenta, v = features.update_moments(momenta, v, g, decays, rms_decay)
-        scales = features.feature_scales(p, g, momenta, v, eps)
+        scales = features.feature_scales(p, g, momenta, v, eps, mask=active)
 
         def step(p_, g_, v_, *momenta_):  # elementwise: a whole tensor or one chunk of it
           raw = features.per_parameter_features(p_, g_, momenta_, v_, eps)
@@ -159,14 +159,16 @@ def ff(*, hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES, decays: Sequence[f
         else:
           (u,) = chunking.map_in_chunks(lambda xs: [step(*xs)], [p.astype(jnp.float32), g, v, *momenta],
                                         chunk_size=chunk_size)
+        u = masked_stats.zero_inactive(u, active)
         if normalize_update:  # one reduction per tensor, after the fused elementwise loop
-          u = u * jax.lax.rsqrt(jnp.mean(jnp.square(u)) + NORMALIZE_EPS)
+          u = u * jax.lax.rsqrt(masked_stats.mean(jnp.square(u), active) + NORMALIZE_EPS)
         u = -step_size * u
         return u.astype(p.dtype), tuple(momenta), v
 
       treedef = jax.tree.structure(grads)
       per_leaf_momenta = treedef.unflatten(zip(*(treedef.flatten_up_to(m) for m in state.momenta)))
-      results = jax.tree.map(leaf_update, grads, params, per_leaf_momenta, state.rms)
+      masks = treedef.unflatten(masked_stats.leaves(mask, treedef))
+      results = jax.tree.map(leaf_update, grads, params, per_leaf_momenta, state.rms, masks)
       updates, momenta, rms = _split_leaves(grads, results, 3)
       momenta = tuple(_split_leaves(grads, momenta, len(decays)))
       return updates, FFState(count=count, momenta=momenta, rms=rms)
@@ -227,7 +229,7 @@ def ff_small(*, hidden_sizes: Sequence[int] = (4,), momentum_decay: float = 0.9,
           row=jax.tree.map(lambda s: jnp.zeros(s[0], jnp.float32), shapes, is_leaf=is_pair),
           col=jax.tree.map(lambda s: jnp.zeros(s[1], jnp.float32), shapes, is_leaf=is_pair))
 
-    def update(grads, state: FFSmallState, params=None, *, loss=None, **extra):
+    def update(grads, state: FFSmallState, params=None, *, loss=None, mask=None, **extra):
       del loss, extra
       if params is None:
         raise ValueError("The ff_small learned optimizer needs `params` in update(grads, state, params).")
@@ -240,21 +242,23 @@ def ff_small(*, hidden_sizes: Sequence[int] = (4,), momentum_decay: float = 0.9,
       v_correction = jnp.sqrt(1.0 - b2**t)
       step_size = jnp.exp(theta["log_step"])
 
-      def leaf_update(g, p, m, row, col):
+      def leaf_update(g, p, m, row, col, active):
         g = features.clip_gradient(g)
         m = b1 * m + (1.0 - b1) * g
-        row, col = features.update_factored(row, col, jnp.square(g), b2)
-        inv_rms = features.factored_rsqrt(row, col, g.shape) * v_correction
+        row, col = features.update_factored(row, col, jnp.square(g), b2, mask=active)
+        inv_rms = features.factored_rsqrt(row, col, g.shape, mask=active) * v_correction
         inv_rms = jnp.minimum(inv_rms, 1.0 / eps)
         g_n, m_n = g * inv_rms, m * inv_rms
         p32 = p.astype(jnp.float32)
-        p_n = p32 * jax.lax.rsqrt(jnp.mean(jnp.square(p32)) + 1e-30)
+        p_n = p32 * jax.lax.rsqrt(masked_stats.mean(jnp.square(p32), active) + 1e-30)
         d, mag = apply_small_mlp(theta["mlp"], [g_n, m_n, p_n], progress_bias)
         nominal = m_n / m_correction
         step = -step_size * features.bounded_exp(magnitude_scale * mag) * (nominal + direction_scale * d)
-        return step.astype(p.dtype), m, row, col
+        return masked_stats.zero_inactive(step, active).astype(p.dtype), m, row, col
 
-      results = jax.tree.map(leaf_update, grads, params, state.momentum, state.row, state.col)
+      treedef = jax.tree.structure(grads)
+      masks = treedef.unflatten(masked_stats.leaves(mask, treedef))
+      results = jax.tree.map(leaf_update, grads, params, state.momentum, state.row, state.col, masks)
       updates, momentum, row, col = _split_leaves(grads, results, 4)
       return updates, FFSmallState(count=count, momentum=momentum, row=row, col=col)
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt import arguments
-from lopt.architectures import features, layers, velo_features
+from lopt.architectures import features, layers, masked_stats, velo_features
 from lopt.architectures.base import LearnedOptimizer
 from lopt.architectures.small_mlp import apply_small_mlp
 from lopt.registry import register
@@ -173,7 +173,7 @@ def lstm_hyper(*, preset: str = "small", lstm_hidden: int | None = None, num_wei
           rms=zeros(lambda p: p.shape), rows=rows, cols=cols, lstm_h=zeros(lambda p: (lstm_hidden,)),
           lstm_c=zeros(lambda p: (lstm_hidden,)), loss=velo_features.init_loss_buffer())
 
-    def update(grads, state: LSTMHyperState, params=None, *, loss=None, **extra):
+    def update(grads, state: LSTMHyperState, params=None, *, loss=None, mask=None, **extra):
       del extra
       if params is None:
         raise ValueError("The lstm_hyper learned optimizer needs `params` in update(grads, state, params).")
@@ -187,19 +187,24 @@ def lstm_hyper(*, preset: str = "small", lstm_hidden: int | None = None, num_wei
       per_tensor_momenta = list(zip(*(treedef.flatten_up_to(m) for m in state.momenta)))
       flat = [treedef.flatten_up_to(x) for x in (grads, params)] + [per_tensor_momenta] + [
           treedef.flatten_up_to(x) for x in (state.rms, state.rows, state.cols, state.lstm_h, state.lstm_c)]
+      masks = masked_stats.leaves(mask, treedef)
       moments, lstm_inputs = [], []
-      for g, p, m, v, rows, cols in zip(*flat[:6]):
+      for g, p, m, v, rows, cols, active in zip(*flat[:6], masks):
         g = jnp.clip(g.astype(jnp.float32), -velo_features.GRAD_CLIP, velo_features.GRAD_CLIP)
         m = [d * m_ + (1.0 - d) * g for d, m_ in zip(momentum_decays, m)]
         g_sq = jnp.square(g)
         v = rms_decay * v + (1.0 - rms_decay) * g_sq
-        fac = [features.update_factored(rows[j], cols[j], g_sq, d) for j, d in enumerate(factored_decays)]
+        fac = [features.update_factored(rows[j], cols[j], g_sq, d, mask=active) for j, d in enumerate(factored_decays)]
         rows, cols = jnp.stack([r for r, _ in fac]), jnp.stack([c for _, c in fac])
         moments.append((g, m, v, rows, cols))
-        lstm_inputs.append(jnp.concatenate([shared, velo_features.tensor_inputs(p, m, v)]))
+        lstm_inputs.append(jnp.concatenate([shared, velo_features.tensor_inputs(p, m, v, mask=active)]))
       x = jnp.stack(lstm_inputs)  # (num_tensors, num_inputs)
-      # VeLO's global context: a max over all tensors of a ReLU projection, added to every tensor's input.
-      context = jnp.max(jax.nn.relu(x @ theta["context"]["w"] + theta["context"]["b"]), axis=0)
+      # VeLO's global context: a max over all tensors of a ReLU projection, added to every tensor's input. A tensor
+      # with no active entry (a padded-away layer) takes no part: 0 is neutral for a max of ReLUs.
+      projected = jax.nn.relu(x @ theta["context"]["w"] + theta["context"]["b"])
+      if mask is not None:
+        projected = projected * jnp.stack([masked_stats.any_active(a) for a in masks])[:, None]
+      context = jnp.max(projected, axis=0)
       x = x @ theta["input"]["w"] + theta["input"]["b"] + context
       h, c = layers.lstm_step(theta["lstm"], x, jnp.stack(flat[6]), jnp.stack(flat[7]))
       mix = h @ theta["mix"]["w"] + theta["mix"]["b"]  # (num_tensors, num_weight_sets), unconstrained
@@ -210,7 +215,8 @@ def lstm_hyper(*, preset: str = "small", lstm_hidden: int | None = None, num_wei
 
       updates = []
       for i, (p, (g, m, v, rows, cols)) in enumerate(zip(flat[1], moments)):
-        feats, normalisers = velo_features.parameter_features(p, g, m, v, rows, cols)
+        active = masks[i]
+        feats, normalisers = velo_features.parameter_features(p, g, m, v, rows, cols, mask=active)
         tensor_mlp = jax.tree.map(lambda w: w[i], mixed)
         # Normalising each feature to RMS 1 over the tensor is a per-tensor scaling of the first layer's rows.
         first = {"w": tensor_mlp[0]["w"] * normalisers[:, None], "b": tensor_mlp[0]["b"]}
@@ -220,8 +226,9 @@ def lstm_hyper(*, preset: str = "small", lstm_hidden: int | None = None, num_wei
           hidden = jax.lax.optimization_barrier(hidden)
         d, mag = apply_small_mlp(tensor_mlp[1:], hidden)
         p32 = p.astype(jnp.float32)
-        scale = base_step * step_mult[i] * jnp.sqrt(jnp.mean(jnp.square(p32)) + 1e-9)
-        updates.append((-scale * d * features.bounded_exp(magnitude_scale * mag)).astype(p.dtype))
+        scale = base_step * step_mult[i] * jnp.sqrt(masked_stats.mean(jnp.square(p32), active) + 1e-9)
+        step = -scale * d * features.bounded_exp(magnitude_scale * mag)
+        updates.append(masked_stats.zero_inactive(step, active).astype(p.dtype))
       unflat = treedef.unflatten
       new_state = LSTMHyperState(
           count=state.count + 1, momenta=tuple(unflat([x[1][k] for x in moments]) for k in range(num_momenta)),

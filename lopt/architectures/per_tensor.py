@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt import arguments
-from lopt.architectures import features, layers, tensor_lstm
+from lopt.architectures import features, layers, masked_stats, tensor_lstm
 from lopt.architectures.base import LearnedOptimizer, check_decay, check_step_arguments
 from lopt.architectures.small_mlp import apply_small_mlp
 from lopt.registry import register
@@ -99,7 +99,7 @@ def per_tensor(*, lstm_hidden: int = 32, context_size: int = 8, hidden_sizes: Se
           feedback=jax.tree.map(lambda _: jnp.zeros((2,), jnp.float32), params),
           train_loss=features.init_loss_state(), valid_loss=features.init_loss_state())
 
-    def update(grads, state: PerTensorState, params=None, *, loss=None, valid_loss=None, **extra):
+    def update(grads, state: PerTensorState, params=None, *, loss=None, valid_loss=None, mask=None, **extra):
       del extra
       if params is None:
         raise ValueError("The per_tensor learned optimizer needs `params` in update(grads, state, params).")
@@ -118,7 +118,8 @@ def per_tensor(*, lstm_hidden: int = 32, context_size: int = 8, hidden_sizes: Se
       flat = [treedef.flatten_up_to(x) for x in (grads, params, state.momenta, state.row, state.col,
                                                    state.lstm_h, state.lstm_c, state.feedback)]
       # Pass 1, per tensor: moments and the LSTM's inputs.
-      moments, summaries = tensor_lstm.update_moments(*flat[:5], decays=DECAYS, rms_decay=rms_decay)
+      masks = masked_stats.leaves(mask, treedef)
+      moments, summaries = tensor_lstm.update_moments(*flat[:5], decays=DECAYS, rms_decay=rms_decay, masks=masks)
       lstm_inputs = jnp.concatenate(
           [summaries, jnp.broadcast_to(shared, (len(moments), shared.size)), jnp.stack(flat[7])], axis=1)
       # One batched LSTM step over all tensors.
@@ -132,11 +133,11 @@ def per_tensor(*, lstm_hidden: int = 32, context_size: int = 8, hidden_sizes: Se
       updates, feedback = [], []
       for i, (g, p) in enumerate(zip(flat[0], flat[1])):
         inputs, nominal = tensor_lstm.mlp_inputs(g, p, moments[i], rms_correction=rms_correction,
-                                                 m_correction=m_correction, eps=eps)
+                                                 m_correction=m_correction, eps=eps, mask=masks[i])
         d, mag = apply_small_mlp(theta["mlp"], inputs, biases[i])
         step = -jnp.exp(log_lr[i]) * features.bounded_exp(magnitude_scale * mag) * (nominal + direction_scale * d)
-        updates.append(step.astype(p.dtype))
-        feedback.append(jnp.stack([jnp.mean(jnp.abs(d)), jnp.mean(mag)]))
+        updates.append(masked_stats.zero_inactive(step, masks[i]).astype(p.dtype))
+        feedback.append(jnp.stack([masked_stats.mean(jnp.abs(d), masks[i]), masked_stats.mean(mag, masks[i])]))
       unflat = treedef.unflatten
       new_state = PerTensorState(
           count=count, momenta=unflat([x[0] for x in moments]), row=unflat([x[1] for x in moments]),

@@ -14,7 +14,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from lopt.architectures import features
+from lopt.architectures import features, masked_stats
 from lopt.types import Params
 
 
@@ -28,13 +28,15 @@ def init_state(params: Params, *, num_decays: int, lstm_hidden: int) -> dict[str
 
 def update_moments(grads: Sequence[jax.Array], params: Sequence[jax.Array], momenta: Sequence[jax.Array],
                    rows: Sequence[jax.Array], cols: Sequence[jax.Array], *, decays: Sequence[float],
-                   rms_decay: float) -> tuple[list[tuple[jax.Array, jax.Array, jax.Array]], jax.Array]:
+                   rms_decay: float, masks: Sequence[jax.Array | None] | None = None
+                   ) -> tuple[list[tuple[jax.Array, jax.Array, jax.Array]], jax.Array]:
   """Folds each tensor's gradient into its moments and summarises the tensor for the LSTM.
 
   Args:
     grads, params, momenta, rows, cols: one entry per tensor (flattened leaves, in one order).
     decays: momentum decays, in the order ``momenta`` stacks them.
     rms_decay: decay of the factored second moments.
+    masks: per tensor its active entries (``masked_stats``), or None for all.
 
   Returns:
     ``(momenta, row, col)`` per tensor; and per tensor, its statistics and shape features stacked,
@@ -42,19 +44,22 @@ def update_moments(grads: Sequence[jax.Array], params: Sequence[jax.Array], mome
   """
   decays = jnp.asarray(decays, jnp.float32)
   moments, summaries = [], []
-  for g, p, m, row, col in zip(grads, params, momenta, rows, cols):
+  masks = [None] * len(grads) if masks is None else masks
+  for g, p, m, row, col, mask in zip(grads, params, momenta, rows, cols, masks):
     g = features.clip_gradient(g)
     shaped = decays.reshape((-1,) + (1,) * g.ndim)
     m = shaped * m + (1.0 - shaped) * g[None]
-    row, col = features.update_factored(row, col, jnp.square(g), rms_decay)
+    row, col = features.update_factored(row, col, jnp.square(g), rms_decay, mask=mask)
     moments.append((m, row, col))
-    summaries.append(jnp.concatenate([features.tensor_statistics(p, g, m[0], row), features.shape_features(g.shape)]))
+    row_mask = masked_stats.rows(mask) if features.is_factored(g.shape) else mask
+    summaries.append(jnp.concatenate([features.tensor_statistics(p, g, m[0], row, mask, row_mask),
+                                      features.shape_features(g.shape, mask)]))
   return moments, jnp.stack(summaries)
 
 
 def mlp_inputs(grad: jax.Array, param: jax.Array, moments: tuple[jax.Array, jax.Array, jax.Array], *,
-               rms_correction: jax.Array, m_correction: jax.Array,
-               eps: float) -> tuple[list[jax.Array], jax.Array]:
+               rms_correction: jax.Array, m_correction: jax.Array, eps: float,
+               mask: jax.Array | None = None) -> tuple[list[jax.Array], jax.Array]:
   """One tensor's per-parameter MLP inputs (``features.compact_inputs``) and its nominal step direction.
 
   Args:
@@ -66,5 +71,5 @@ def mlp_inputs(grad: jax.Array, param: jax.Array, moments: tuple[jax.Array, jax.
   """
   m, row, col = moments
   inputs, inv_rms = features.compact_inputs(param, features.clip_gradient(grad), list(m), row, col, rms_correction,
-                                            eps)
+                                            eps, mask=mask)
   return inputs, m[0] * inv_rms / m_correction

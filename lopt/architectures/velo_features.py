@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt.architectures import features
+from lopt.architectures import features, masked_stats
 
 PROGRESS_POINTS: tuple[float, ...] = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 NUM_LOSS_HORIZONS = 10
@@ -99,31 +99,38 @@ def _clip_log_abs(x: jax.Array) -> jax.Array:
   return jnp.clip(jnp.log(1e-8 + jnp.abs(10.0 * x)), -5.0, 5.0) * 0.5
 
 
-def rank_one_hot(shape: Sequence[int]) -> jax.Array:
-  """One-hot of the number of axes longer than 1 (0..4, larger ranks share the last class)."""
+def rank_one_hot(shape: Sequence[int], mask: jax.Array | None = None) -> jax.Array:
+  """One-hot of the number of axes longer than 1 (0..4, larger ranks share the last class); of the active block's
+  axes with a ``mask``."""
+  if mask is not None and shape:
+    active = jnp.stack(masked_stats.active_shape(shape, mask))
+    rank = jnp.minimum(jnp.sum(active > 1), NUM_RANKS - 1)
+    return (jnp.arange(NUM_RANKS) == rank).astype(jnp.float32)
   rank = min(int(np.sum(np.asarray(shape, np.int64) > 1)) if shape else 0, NUM_RANKS - 1)
   return jnp.asarray([1.0 if rank == r else 0.0 for r in range(NUM_RANKS)], jnp.float32)
 
 
 def tensor_inputs(param: jax.Array, momenta: Sequence[jax.Array], rms: jax.Array,
-                  sample_size: int = SAMPLE_SIZE) -> jax.Array:
+                  sample_size: int = SAMPLE_SIZE, mask: jax.Array | None = None) -> jax.Array:
   """One tensor's statistics for the LSTM: per momentum its log-variance, the second moment's log-mean and
   log-variance, all after dividing by the parameter RMS (so they are relative to the parameter's scale), and the
   rank one-hot. Tensors larger than ``sample_size`` are summarised from a fixed sample (``sample_indices``).
-  ``momenta``: one array per decay.
+  ``momenta``: one array per decay. With a ``mask`` the statistics run over active entries (of the sample).
   """
   # Statistics of large tensors on the same fixed sample as ``parameter_features``'s normalisers.
   indices = sample_indices(param.shape, sample_size)
   pick = lambda x: take_sample(x, param.shape, indices)
   momenta, rms = [pick(m) for m in momenta], pick(rms)
   p32 = pick(param.astype(jnp.float32))
-  norm = jax.lax.rsqrt(jnp.maximum(jnp.mean(jnp.square(p32)), 1e-9))
+  active = None if mask is None else pick(jnp.broadcast_to(mask, param.shape))
+  mean = lambda x: masked_stats.mean(x, active)
+  norm = jax.lax.rsqrt(jnp.maximum(mean(jnp.square(p32)), 1e-9))
   # Variances as E[x^2] - E[x]^2 of the raw momenta: reductions XLA can take straight from the state arrays.
-  var_m = jnp.stack([jnp.mean(jnp.square(m)) - jnp.square(jnp.mean(m)) for m in momenta]) * jnp.square(norm)
-  mean_v = jnp.mean(rms) * norm
-  var_v = jnp.mean(jnp.square(rms)) * jnp.square(norm) - jnp.square(mean_v)
+  var_m = jnp.stack([mean(jnp.square(m)) - jnp.square(mean(m)) for m in momenta]) * jnp.square(norm)
+  mean_v = mean(rms) * norm
+  var_v = mean(jnp.square(rms)) * jnp.square(norm) - jnp.square(mean_v)
   stats = _clip_log_abs(jnp.concatenate([jnp.maximum(var_m, 0.0), jnp.stack([mean_v, jnp.maximum(var_v, 0.0)])]))
-  return jnp.concatenate([stats, rank_one_hot(param.shape)])
+  return jnp.concatenate([stats, rank_one_hot(param.shape, mask)])
 
 
 def num_tensor_inputs(num_momenta: int) -> int:
@@ -174,13 +181,14 @@ def take_sample(x: jax.Array, shape: Sequence[int], indices: np.ndarray | None) 
   return x[index]
 
 
-def _factored_rsqrt_factors(row: jax.Array, col: jax.Array, shape: Sequence[int],
-                            eps: float = 1e-9) -> tuple[jax.Array, jax.Array]:
+def _factored_rsqrt_factors(row: jax.Array, col: jax.Array, shape: Sequence[int], eps: float = 1e-9,
+                            mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """``features.factored_rsqrt`` as two factors whose product it is: for matrices a row factor ``(..., n, 1)`` and
   a column factor ``(..., 1, m)``; for vectors and scalars the full value and 1."""
   if not features.is_factored(shape):
     return jax.lax.rsqrt(row + eps), jnp.ones([], jnp.float32)
-  row_scale = jax.lax.rsqrt(row / (jnp.mean(row, axis=-1, keepdims=True) + eps) + eps)
+  row_mean = masked_stats.mean(row, masked_stats.rows(mask), axis=-1, keepdims=True)
+  row_scale = jax.lax.rsqrt(row / (row_mean + eps) + eps)
   return row_scale[..., :, None], jax.lax.rsqrt(col + eps)[..., None, :]
 
 
@@ -198,8 +206,8 @@ def _feature_list(p: jax.Array, grad: jax.Array, moms: Sequence[jax.Array], rms:
 
 
 def parameter_features(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.Array], rms: jax.Array,
-                       rows: jax.Array, cols: jax.Array,
-                       sample_size: int = SAMPLE_SIZE) -> tuple[list[jax.Array], jax.Array]:
+                       rows: jax.Array, cols: jax.Array, sample_size: int = SAMPLE_SIZE,
+                       mask: jax.Array | None = None) -> tuple[list[jax.Array], jax.Array]:
   """VeLO's per-parameter inputs of one tensor and their normalisers.
 
   Args:
@@ -210,6 +218,7 @@ def parameter_features(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.
       vectors and scalars ``rows`` holds the full second moment and ``cols`` is unused).
     sample_size: tensors larger than this estimate the normalisers on a fixed strided sample of this many entries
       (``sample_indices``).
+    mask: the tensor's active entries (``masked_stats``): the normalisers are taken over them only.
 
   Returns:
     The features, in order: g, clip(g, +-0.1), p, each m, v, each m/sqrt(v), 1/sqrt(v), g/sqrt(v); per factored
@@ -225,7 +234,7 @@ def parameter_features(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.
   shape = grad.shape
   p = param.astype(jnp.float32)
   num_factored = rows.shape[0]
-  fac = [_factored_rsqrt_factors(rows[j], cols[j], shape) for j in range(num_factored)]
+  fac = [_factored_rsqrt_factors(rows[j], cols[j], shape, mask=mask) for j in range(num_factored)]
   if features.is_factored(shape):
     # Row statistics vary along all but the last axis, column statistics along all but the second last. They are
     # kept at their broadcastable shapes: the caller's first layer combines them on the small arrays and
@@ -244,5 +253,6 @@ def parameter_features(param: jax.Array, grad: jax.Array, momenta: Sequence[jax.
   # Each feature broadcast to the sampled positions (or the tensor) before squaring, so a row statistic counts once
   # per entry, as in the tensor.
   target = sampled[0].shape
-  mean_squares = jnp.stack([jnp.mean(jnp.square(jnp.broadcast_to(f, target))) for f in sampled])
+  active = None if mask is None else pick(jnp.broadcast_to(mask, shape))
+  mean_squares = jnp.stack([masked_stats.mean(jnp.square(jnp.broadcast_to(f, target)), active) for f in sampled])
   return feats, jax.lax.rsqrt(mean_squares + NORMALISER_EPS)

@@ -107,7 +107,7 @@ def _program(family: TaskFamily, make_optimizer: ParamOptimizerFactory, *, num_t
       k, index = xs
       batch_key, loss_key = jax.random.split(k)
       loss, grads = jax.value_and_grad(task.loss)(params, loss_key, task.batch(batch_key, "train"))
-      extra = {}
+      extra = {} if task.mask is None else {"mask": task.mask}  # a padded task's active entries
       if valid_every:
         # The optimizer reads the validation loss (Metz et al. 2020), here from the task's outer-validation split.
         valid_loss = unroll.latest_valid_loss(task, params, jax.random.fold_in(k, 2), index, valid_every, valid_loss)

@@ -147,7 +147,8 @@ def unroll(theta: MetaParams, state: TaskState, key: PRNGKey, num_steps: int, *,
       meta_loss = loss
     else:
       meta_loss = task.loss(params, loss_key, task.batch(valid_key, meta_loss_split))
-    extra = {}
+    # A padded task's mask travels beside the parameters (see lopt.architectures.masked_stats).
+    extra = {} if task.mask is None else {"mask": task.mask}
     if feed_valid:
       valid_loss = latest_valid_loss(task, params, valid_key, index, valid_every, valid_loss)
       extra["valid_loss"] = valid_loss

@@ -16,6 +16,7 @@ from lopt.tasks.image_conv import image_conv
 from lopt.tasks.image_mlp import image_mlp
 from lopt.tasks.quadratic import quadratic
 from lopt.tasks.samplers import fixed, mixture, parametric
+from lopt.tasks.polymorphic import autoencoder_structures, mlp_structures, quadratic_structures, structures
 from lopt.tasks.transformer_lm import transformer_lm
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "TaskFamily",
     "TaskSampler",
     "autoencoder",
+    "autoencoder_structures",
     "bfloat16",
     "char_rnn",
     "classic_2d",
@@ -33,10 +35,13 @@ __all__ = [
     "image_mlp",
     "loaders",
     "mixture",
+    "mlp_structures",
     "parametric",
     "quadratic",
+    "quadratic_structures",
     "reduced_batch",
     "reparametrize",
+    "structures",
     "text",
     "transformer_lm",
 ]

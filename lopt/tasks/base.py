@@ -32,6 +32,9 @@ class Task:
     batch: ``batch(key, split) -> batch`` with ``split`` one of ``SPLITS``.
     normalize: maps a loss to a scale comparable across tasks and families (about 1 at initialisation).
     accuracy: optional ``accuracy(params, batch) -> scalar`` for classification tasks.
+    mask: for a task padded to a larger structure (``lopt.tasks.polymorphic``), a pytree of 0/1 arrays shaped
+      like the parameters marking the active entries; inner loops pass it to the optimizer as ``mask=`` (see
+      ``lopt.architectures.masked_stats``). None: every entry is active.
   """
 
   init: Callable[[PRNGKey], Params]
@@ -39,6 +42,7 @@ class Task:
   batch: Callable[[PRNGKey, str], Batch]
   normalize: Callable[[jax.Array], jax.Array]
   accuracy: Callable[[Params, Batch], jax.Array] | None = None
+  mask: Params | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +53,14 @@ class TaskFamily:
     name: a name unique per distinct structure; estimators compile once per name.
     sample: ``sample(key) -> cfg`` (a pytree of arrays, so configurations can be batched).
     task: ``task(cfg) -> Task``; must be traceable (it is called under ``vmap``/``jit``).
+    num_structures: how many distinct structures ``sample`` draws from (1 for a fixed structure; more for the
+      structure-polymorphic families of ``lopt.tasks.polymorphic``, whose tasks carry a ``mask``).
   """
 
   name: str
   sample: Callable[[PRNGKey], PyTree]
   task: Callable[[PyTree], Task]
+  num_structures: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
