@@ -28,7 +28,7 @@ def test_stored_card_is_its_results_rendered(name):
 def test_a_card_is_stored_for_every_shipped_celo2_optimizer():
   from lopt import pretrained  # pylint: disable=import-outside-toplevel
   shipped = [n for n in pretrained.names() if pretrained.load(n).entry["architecture"] == "celo2"]
-  assert set(shipped) <= set(model_card.stored(CARDS))
+  assert set(shipped) <= set(model_card.stored(CARDS) if os.path.isdir(CARDS) else [])
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import re
+import sys
 import zipfile
 from typing import Any, Callable, Mapping
 
@@ -49,9 +50,9 @@ def entry_key(*, task_name: str, family_name: str, task_index: int, seed: int, n
               baseline_steps: int, eval_every: int, baseline: Baseline,
               compiler_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Everything that determines one baseline's results on one suite task, as a JSON-ready dict."""
-  import lopt  # pylint: disable=import-outside-toplevel  # the package imports this module
-
-  return {"format": FORMAT_VERSION, "lopt": lopt.__version__, "jax": jax.__version__,
+  # lopt's front door imports this module, so the version is read from the loaded package rather than imported
+  # (an import here would be a cycle through a higher layer).
+  return {"format": FORMAT_VERSION, "lopt": sys.modules["lopt"].__version__, "jax": jax.__version__,
           "task": task_name, "family": family_name, "task_index": task_index, "seed": seed, "num_seeds": num_seeds,
           # A scheduled baseline decays over num_steps, so num_steps matters beyond baseline_steps.
           "num_steps": num_steps, "baseline_steps": baseline_steps, "eval_every": eval_every,

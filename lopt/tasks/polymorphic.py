@@ -279,6 +279,11 @@ def structures(task_families: Sequence[TaskFamily] | None = None,
   else:
     families = tuple(check_family(f"task_samplers.structures.task_families[{i}]", f)
                      for i, f in enumerate(task_families))
+  if weights is not None:
+    weights = arguments.reals("task_samplers.structures.weights", weights, minimum=0.0, open_minimum=True)
+    if len(weights) != len(families):
+      raise arguments.ArgumentError("task_samplers.structures.weights", f"must hold one weight per family "
+                                    f"({len(families)}), got {len(weights)}.")
   base = mixture(families, weights if weights is not None else [float(f.num_structures) for f in families])
   total = sum(f.num_structures for f in base.families)
   return TaskSampler(name=f"structures(n={total},{base.name})", families=base.families, sample=base.sample)
