@@ -9,7 +9,7 @@ evaluation suites) and exposes the public API (docs/api.md):
     result = lopt.meta_train(task_sampler=..., architecture=arch, estimator=lopt.meta_trainers.pes.pes(), ...)
     trained = lopt.load_trained("/tmp/lopt_quickstart")   # a meta_train workdir's optimizer
     tx = trained.optimizer(num_steps=1000)                 # an optax transformation
-    tx = lopt.pretrained.optimizer("ff_v1", num_steps=1000)  # the shipped meta-trained optimizer (docs/pretrained.md)
+    tx = lopt.pretrained.optimizer("celo2_v1", num_steps=1000)  # a shipped meta-trained optimizer (docs/pretrained.md)
 """
 
 from lopt import architectures, evaluation, meta_trainers, pretrained, registry, runs, tasks

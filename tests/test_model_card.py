@@ -86,3 +86,17 @@ def test_bad_input_names_itself(tmp_path):
   (tmp_path / "evaluation.json").write_text("{not json")
   with pytest.raises(ValueError, match="evaluation.json"):
     model_card.collect_evaluation(str(tmp_path))
+
+
+def test_a_baseline_not_evaluated_is_no_column_and_a_diverged_one_says_so(evaluation_dir):
+  out, _ = evaluation_dir
+  evaluation = model_card.collect_evaluation(out)["1x"]
+  assert all("adam_cosine" in row for row in evaluation["tasks"].values())
+  first = next(iter(evaluation["tasks"].values()))
+  first["adam_cosine"] = None  # a diverged baseline is stored as None
+  table = "\n".join(model_card._task_table(evaluation))  # pylint: disable=protected-access
+  assert "Adam+cosine" in table and "diverged" in table
+  for row in evaluation["tasks"].values():
+    del row["adam_cosine"]  # a report that never ran adam_cosine
+  table = "\n".join(model_card._task_table(evaluation))  # pylint: disable=protected-access
+  assert "Adam+cosine" not in table and "diverged" not in table

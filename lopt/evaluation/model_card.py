@@ -37,8 +37,9 @@ def _task_row(task: Mapping[str, Any], learned: str, tuned: str | None) -> dict[
          "adam_1e-3": adam.get("grid", {}).get(headline_lib.ADAM_FIXED_RATE),
          "tuned_adam": adam.get("final_train_loss"), "tuned_adam_lr": adam.get("learning_rate"),
          "tuned_adam_test": adam.get("test_loss"),
-         "adam_cosine": optimizers.get("adam_cosine", {}).get("final_train_loss"),
          "speedup": task.get("speedup", {}).get("label")}
+  if "adam_cosine" in optimizers:  # absent (not evaluated) differs from None (diverged)
+    row["adam_cosine"] = optimizers["adam_cosine"]["final_train_loss"]
   if tuned:
     row.update(learned_tuned=optimizers[tuned]["final_train_loss"], multiplier=optimizers[tuned]["multiplier"],
                speedup_tuned=task.get("speedup_tuned", {}).get("label"))
@@ -112,14 +113,15 @@ def _headline_rows(evaluations: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def _task_table(evaluation: Mapping[str, Any]) -> list[str]:
   tuned = any("learned_tuned" in row for row in evaluation["tasks"].values())
-  head = ["task", "learned", "Adam(1e-3)", "tuned Adam (lr)", "Adam+cosine (tuned)", "speed-up"]
+  cosine = any("adam_cosine" in row for row in evaluation["tasks"].values())
+  head = ["task", "learned", "Adam(1e-3)", "tuned Adam (lr)"] + ["Adam+cosine (tuned)"] * cosine + ["speed-up"]
   if tuned:
     head += ["learned, tuned x (multiplier)", "speed-up (tuned)"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for task, row in evaluation["tasks"].items():
     lr = f" ({row['tuned_adam_lr']:g})" if row.get("tuned_adam_lr") is not None else ""
-    cells = [task, _fmt(row["learned"]), _fmt(row["adam_1e-3"]), _fmt(row["tuned_adam"]) + lr,
-             _fmt(row["adam_cosine"]), _fmt(row["speedup"] or "-")]
+    cells = ([task, _fmt(row["learned"]), _fmt(row["adam_1e-3"]), _fmt(row["tuned_adam"]) + lr]
+             + [_fmt(row.get("adam_cosine", "-"))] * cosine + [_fmt(row["speedup"] or "-")])
     if tuned:
       cells += [f"{_fmt(row['learned_tuned'])} ({row['multiplier']:g})", _fmt(row["speedup_tuned"] or "-")]
     lines.append("| " + " | ".join(cells) + " |")
