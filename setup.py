@@ -36,7 +36,8 @@ setup(
         "matplotlib>=3.11",  # evaluation figures (lopt.plots), rendered headless with the Agg backend.
     ],
     extras_require={
-        "test": ["pytest>=9.0", "ruff>=0.15"],  # ruff: the lint gate .ci/run applies before the tests.
+        # pytest-xdist: the suite runs one worker per core (pytest.ini); ruff: the lint gate .ci/run applies.
+        "test": ["pytest>=9.0", "pytest-xdist>=3.8", "ruff>=0.15"],
         # clu's metric writers (TensorBoard event files) import TensorFlow, which the default install avoids.
         "tensorboard": ["tensorflow-cpu", "tensorboard"],
     },

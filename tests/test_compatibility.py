@@ -48,7 +48,9 @@ def test_0_1_pes_workdir_resumes_to_the_same_theta(tmp_path):
   expected = _expected("v0_1_pes_theta_step6_resumed.npz")
   got = _flat(result.theta)
   for key, value in expected.items():
-    np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+    # atol: the fixture was computed at XLA's default optimisation level, the suite compiles at level 0
+    # (conftest.py): 2e-7 apart, against ~1e-3 that one outer step moves theta, so a wrong resume still fails.
+    np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_0_1_es_workdir_says_the_es_state_format_changed(tmp_path):

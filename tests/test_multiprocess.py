@@ -46,7 +46,10 @@ def _command(workdir, num_steps, *extra):
 
 
 def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  # Keeps the caller's XLA flags (conftest.py's optimisation level), so the processes compile what the
+  # in-process reference compiles.
+  flags = os.environ.get("XLA_FLAGS", "")
+  return dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip())
 
 
 def _run_pair(workdir, num_steps):

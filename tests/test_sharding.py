@@ -63,7 +63,8 @@ print("REPORT" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=ROOT)
+  flags = os.environ.get("XLA_FLAGS", "")  # keeps conftest.py's optimisation level
+  env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=8".strip(), PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path_factory.mktemp("sharding"))], env=env,
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
