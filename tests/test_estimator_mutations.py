@@ -25,7 +25,8 @@ ROOT = os.path.dirname(TESTS)
 def _run(fault: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, **{estimator_faults.ENV: fault})
   env["PYTHONPATH"] = os.pathsep.join([ROOT, TESTS, env.get("PYTHONPATH", "")])
-  return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-s", "-p", "estimator_faults",
+  # -n 0: in-process, so the plugin applies the fault where the tests run and -s shows its line.
+  return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-s", "-n", "0", "-p", "estimator_faults",
                          "-p", "no:cacheprovider", "-m", "not slow", *estimator_faults.catchers(fault)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)
 
