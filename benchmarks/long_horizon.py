@@ -14,6 +14,7 @@ accuracy, and the wall time of the row (compile included).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -58,23 +59,23 @@ def main() -> None:
   if "weight_decay" not in kwargs or "learning_rate" not in kwargs:
     parser.error(f"{args.name} ({pretrained.entry['architecture']}) has no learning_rate and weight_decay settings")
   suite = suites.get_suite(args.suite)
-  unknown = [t for t in args.tasks.split(",") if t not in suite]
+  tasks = args.tasks.split(",")
+  unknown = [t for t in tasks if t not in suite]
   if unknown:
     parser.error(f"not in the {args.suite} suite: {unknown}; its tasks: {sorted(suite)}")
+  grid = itertools.product(tasks, [int(s) for s in args.steps.split(",")],
+                           [float(x) for x in args.learning_rates.split(",")],
+                           [float(x) for x in args.weight_decays.split(",")])
   rows = []
   print("| task | steps | peak lr | weight decay | final train | max train | test | test acc | s |")
   print("|---|---|---|---|---|---|---|---|---|")
-  for task in args.tasks.split(","):
-    for steps in (int(s) for s in args.steps.split(",")):
-      for lr in (float(x) for x in args.learning_rates.split(",")):
-        for wd in (float(x) for x in args.weight_decays.split(",")):
-          row = {"task": task, "steps": steps, "learning_rate": lr, "weight_decay": wd,
-                 **_row(pretrained, kwargs, suite[task], steps=steps, seeds=args.seeds, learning_rate=lr,
-                        weight_decay=wd)}
-          rows.append(row)
-          acc = f"{row['test_accuracy']:.3f}" if "test_accuracy" in row else "-"
-          print(f"| {task} | {steps} | {lr:g} | {wd:g} | {row['final_train_loss']:.3g} | "
-                f"{row['max_train_loss']:.3g} | {row['test_loss']:.3g} | {acc} | {row['seconds']:.0f} |", flush=True)
+  for task, steps, lr, wd in grid:
+    row = {"task": task, "steps": steps, "learning_rate": lr, "weight_decay": wd,
+           **_row(pretrained, kwargs, suite[task], steps=steps, seeds=args.seeds, learning_rate=lr, weight_decay=wd)}
+    rows.append(row)
+    acc = f"{row['test_accuracy']:.3f}" if "test_accuracy" in row else "-"
+    print(f"| {task} | {steps} | {lr:g} | {wd:g} | {row['final_train_loss']:.3g} | {row['max_train_loss']:.3g} | "
+          f"{row['test_loss']:.3g} | {acc} | {row['seconds']:.0f} |", flush=True)
   if args.output:
     with open(args.output, "w", encoding="utf-8") as f:
       json.dump({"name": args.name, "suite": args.suite, "seeds": args.seeds, "rows": rows}, f, indent=1)
